@@ -1,0 +1,102 @@
+"""The only module that touches codecs: decode any common format, downmix, resample to 16 kHz.
+
+soundfile (libsndfile) is tried first because it is fast and exact for wav/flac/ogg; PyAV (FFmpeg) takes
+everything else (mp3, m4a/aac, opus, video containers). Every failure is an AudioError with a reason code
+that `prepare` writes to rejects.jsonl and `serve` maps to an HTTP status.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpeechtuneError
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(SpeechtuneError):
+    """reason is one of: missing_file, empty_audio, undecodable, non_finite."""
+
+    def __init__(self, source: str, reason: str, detail: str):
+        super().__init__(f"{source}: {detail}")
+        self.source, self.reason, self.detail = source, reason, detail
+
+
+def _decode_soundfile(src) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+    data, sr = sf.read(src, dtype="float32", always_2d=True)
+    return data.mean(axis=1), sr
+
+
+def _decode_av(src) -> tuple[np.ndarray, int]:
+    import av
+    with av.open(src) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        stream = container.streams.audio[0]
+        sr = stream.codec_context.sample_rate or stream.rate
+        # The resampler only converts sample format and layout here; soxr does the rate change, better.
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    if not chunks:
+        return np.zeros(0, dtype=np.float32), sr
+    return np.concatenate(chunks).astype(np.float32), sr
+
+
+def resample(wav: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    if sr == target or wav.size == 0:
+        return wav.astype(np.float32, copy=False)
+    import soxr
+    return soxr.resample(wav, sr, target, quality="HQ").astype(np.float32)
+
+
+def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a file path or in-memory bytes to mono float32 at `sr`. Raises AudioError."""
+    source = name or (str(data) if not isinstance(data, bytes) else "<upload>")
+    if not isinstance(data, bytes):
+        p = Path(data)
+        if not p.is_file():
+            raise AudioError(source, "missing_file", "file not found")
+        if p.stat().st_size == 0:
+            raise AudioError(source, "empty_audio", "file is empty (0 bytes)")
+    elif len(data) == 0:
+        raise AudioError(source, "empty_audio", "upload is empty (0 bytes)")
+    errors = []
+    for decoder in (_decode_soundfile, _decode_av):
+        try:
+            src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+            wav, file_sr = decoder(src)
+            break
+        except Exception as e:  # both libraries raise many types; we keep the message for the user
+            errors.append(f"{decoder.__name__[8:]}: {str(e).strip()[:120] or e.__class__.__name__}")
+    else:
+        raise AudioError(source, "undecodable", "not a decodable audio file (" + "; ".join(errors) + ")")
+    if wav.size == 0:
+        raise AudioError(source, "empty_audio", "decoded to zero samples")
+    if not np.isfinite(wav).all():
+        raise AudioError(source, "non_finite", "audio contains NaN or infinite samples")
+    return resample(wav, file_sr, sr)
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    return decode(Path(path), sr=sr)
+
+
+def write_wav(path: str | Path, wav: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    """16-bit PCM, written to a temporary name then renamed so a killed run leaves no half file."""
+    import soundfile as sf
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
+    tmp.replace(path)
+
+
+def duration(wav: np.ndarray, sr: int = SAMPLE_RATE) -> float:
+    return len(wav) / sr
