@@ -1,0 +1,400 @@
+"""Turn messy recordings + transcripts into a clean, split, documented dataset (every reject explained).
+
+Reads CSV/TSV, JSONL (NeMo or HF style), an HF audiofolder, a Kaldi data dir, or a folder of audio files
+with same-named .txt transcripts. Writes train/valid/test.jsonl, rejects.jsonl, stats.json,
+durations.png and audio/ (16 kHz mono wav) into --out. Exit status 0 when any clip was kept.
+Reject reasons: bad_row bad_encoding missing_text missing_file undecodable empty_audio non_finite
+bad_segment too_short too_long silent empty_text text_too_long rate_mismatch duplicate_audio split_leak.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE, AudioError, decode, write_wav
+from ..config import add_dataclass_args, build_config
+from ..errors import SpeechtuneError
+from . import checks, readers, split
+
+CACHE_VERSION = "1"  # bump when processing changes, so old cache entries are not reused
+TARGET_RMS_DB = -20.0
+MAX_GAIN_DB = 30.0   # never boost a near-silent clip into loud noise
+
+
+@dataclass
+class PrepareConfig:
+    format: str = field(default="auto", metadata={"help": "input format", "choices": ("auto",) + readers.FORMATS})
+    audio_col: str | None = field(default=None, metadata={"help": "CSV/JSONL column with the audio path"})
+    text_col: str | None = field(default=None, metadata={"help": "CSV/JSONL column with the transcript"})
+    language: str | None = field(default=None, metadata={"help": "language code for rows without one (en, zh, ...)"})
+    min_duration: float = field(default=0.3, metadata={"help": "seconds; shorter clips are rejected"})
+    max_duration: float = field(default=30.0, metadata={"help": "seconds; Whisper sees 30 s at a time"})
+    silence_db: float = field(default=-55.0, metadata={"help": "dBFS; clips whose loudest frame is quieter are silent"})
+    check_rate: bool = field(default=True, metadata={"help": "reject implausible characters per second"})
+    trim_silence: bool = field(default=False, metadata={"help": "cut leading/trailing silence (keeps 0.1 s)"})
+    normalize: bool = field(default=False, metadata={"help": f"scale each clip to {TARGET_RMS_DB:.0f} dBFS RMS"})
+    split_by: str = field(default="auto", metadata={
+        "help": "keep speakers disjoint (speaker) or only transcripts (utterance); auto = speaker when "
+                ">= 3 speakers are known", "choices": ["auto", "speaker", "utterance"]})
+    valid_frac: float = field(default=0.1, metadata={"help": "fraction of clips for valid (>= 1 clip from 3 clips)"})
+    test_frac: float = field(default=0.1, metadata={"help": "fraction of clips for test (>= 1 clip from 3 clips)"})
+    seed: int = field(default=0, metadata={"help": "same seed, same split"})
+    workers: int = field(default=2, metadata={"help": "decoding processes"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "prepared-audio cache (default $SPEECHTUNE_CACHE/prepare or ~/.cache/speechtune/prepare)"})
+
+
+def cache_root(cfg: PrepareConfig) -> Path:
+    """Shared across runs and output folders: re-running with other split or duration options, or on a
+    dataset that shares files with an earlier one, decodes nothing twice. out/audio/ hard-links into it,
+    so the prepared dir stays self-contained without storing the audio twice."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    from ..models.registry import cache_dir
+    return cache_dir() / "prepare"
+
+
+# ---- per clip, in worker processes ----------------------------------------------------------------
+
+def _trim(wav: np.ndarray, db: np.ndarray) -> np.ndarray:
+    loud = np.nonzero(db > max(db.max() - 40.0, -60.0))[0]
+    if loud.size == 0:
+        return wav
+    f = int(checks.FRAME_S * SAMPLE_RATE)
+    pad = int(0.1 * SAMPLE_RATE)
+    return wav[max(0, loud[0] * f - pad): min(len(wav), (loud[-1] + 1) * f + pad)]
+
+
+def _normalize(wav: np.ndarray) -> np.ndarray:
+    rms_db = 10 * np.log10(np.mean(wav.astype(np.float64) ** 2) + 1e-12)
+    gain = 10 ** (min(TARGET_RMS_DB - rms_db, MAX_GAIN_DB) / 20)
+    out = wav * gain
+    peak = np.abs(out).max()
+    return out * (0.99 / peak) if peak > 0.99 else out
+
+
+def _cut(wav: np.ndarray, start: float | None, end: float | None) -> np.ndarray | str:
+    if start is None:
+        return wav
+    total = len(wav) / SAMPLE_RATE
+    # Segment times are rounded by the tools that write them; allow 50 ms past the end.
+    if start < 0 or start >= total or (end is not None and (end <= start or end > total + 0.05)):
+        return f"segment {start:.2f}-{'end' if end is None else f'{end:.2f}'} s is outside the {total:.2f} s recording"
+    return wav[int(start * SAMPLE_RATE): None if end is None else int(end * SAMPLE_RATE)]
+
+
+def process_clip(job: tuple) -> dict:
+    """Decode, cut, measure, trim/normalise and store one clip in the cache. Returns what the checks need;
+    a result for the same bytes + options is read back from the cache instead."""
+    audio, start, end, trim, normalize, root = job
+    try:
+        data = Path(audio).read_bytes()
+    except FileNotFoundError:
+        return {"reason": "missing_file", "detail": f"{audio}: file not found"}
+    except IsADirectoryError:
+        return {"reason": "missing_file", "detail": f"{audio}: is a folder, not an audio file"}
+    except OSError as e:
+        return {"reason": "missing_file", "detail": f"{audio}: cannot read ({e.strerror})"}
+    if not data:
+        return {"reason": "empty_audio", "detail": f"{audio}: file is empty (0 bytes)"}
+    key = hashlib.sha256(data + f"|{start}|{end}|{trim}|{normalize}|{CACHE_VERSION}".encode()).hexdigest()
+    meta = Path(root) / key[:2] / f"{key}.json"
+    if meta.is_file():
+        try:
+            info = json.loads(meta.read_text())
+            if "reason" in info or Path(info["wav"]).is_file():
+                return _named({**info, "cached": True}, audio)
+        except (ValueError, KeyError):
+            pass  # a damaged entry is simply redone
+    info = _process_bytes(data, audio, start, end, trim, normalize, meta.with_suffix(".wav"))
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(meta)
+    return _named({**info, "cached": False}, audio)
+
+
+def _named(info: dict, audio: str) -> dict:
+    # Cached results are shared by every file with the same bytes, so the path is added on the way out.
+    return {**info, "detail": f"{audio}: {info['detail']}"} if "detail" in info else info
+
+
+def _process_bytes(data: bytes, audio: str, start, end, trim: bool, normalize: bool, wav_path: Path) -> dict:
+    try:
+        wav = decode(data, name=audio)
+    except AudioError as e:
+        # libsndfile names the in-memory buffer by its address; drop it so rejects.jsonl is reproducible
+        detail = re.sub(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "", e.detail)
+        return {"reason": e.reason, "detail": detail}
+    wav = _cut(wav, start, end)
+    if isinstance(wav, str):
+        return {"reason": "bad_segment", "detail": wav}
+    if wav.size == 0:
+        return {"reason": "empty_audio", "detail": "zero samples"}
+    db = checks.frame_db(wav, SAMPLE_RATE)
+    info = {"peak_db": float(db.max()), "voiced": checks.voiced_seconds(db)}
+    if trim:
+        wav = _trim(wav, db)
+    if normalize:
+        wav = _normalize(wav)
+    pcm = (np.clip(wav, -1.0, 1.0) * 32767).round().astype("<i2")
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(wav_path, pcm.astype(np.float32) / 32767)
+    info.update(duration=len(pcm) / SAMPLE_RATE, pcm_sha=hashlib.sha256(pcm.tobytes()).hexdigest(),
+                wav=str(wav_path))
+    return info
+
+
+def _run(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+    bar = dict(total=len(jobs), desc="prepare", unit="clip", disable=not progress, file=sys.stderr)
+    if workers <= 1 or len(jobs) < 2:
+        return [process_clip(j) for j in tqdm(jobs, **bar)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    # forkserver: workers start from a clean process, not a fork of one that may hold threads (tokenizers,
+    # torch) whose locks a fork could copy in a locked state.
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+        try:
+            return list(tqdm(pool.map(process_clip, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers)))),
+                             **bar))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+# ---- the recipe ---------------------------------------------------------------------------------
+
+def _clean_text(text: str | None) -> str | None:
+    return " ".join(text.split()) if text is not None else None
+
+
+def _check_out(out: Path, input_path: Path) -> None:
+    if out.resolve() == input_path.resolve():
+        raise SpeechtuneError("--out must not be the input folder", "pick a new folder, e.g. prepared/")
+    if out.exists() and any(out.iterdir()) and not (out / "stats.json").is_file():
+        raise SpeechtuneError(f"{out} exists and is not an earlier prepare output",
+                              "pick an empty or new folder for --out")
+
+
+def _write_lines(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _link(src: str, dst: Path) -> None:
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or no hard links: copy
+        shutil.copyfile(src, dst)
+
+
+def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **options) -> dict:
+    """Prepare `input` into `out_dir`; returns the stats written to stats.json. Options are
+    PrepareConfig fields. Raises SpeechtuneError when the input can't be read or nothing usable remains
+    (rejects.jsonl and stats.json are still written then)."""
+    cfg = options.pop("config", None) or PrepareConfig(**options)
+    t0 = time.time()
+    input_path, out = Path(input).expanduser(), Path(out_dir).expanduser()
+    fmt, rows = readers.read_input(input_path, cfg.format, cfg.audio_col, cfg.text_col)
+    _check_out(out, input_path)
+    rejects: list[tuple[int, dict]] = []
+
+    def reject(i: int, reason: str, detail: str) -> None:
+        assert reason in checks.REASONS, reason
+        r = rows[i]
+        rejects.append((i, {"source": r.source, "line": r.line, "reason": reason, "detail": detail}))
+
+    todo = []
+    for i, r in enumerate(rows):
+        lang = r.language or cfg.language
+        r.language = lang.strip().lower() if lang else None
+        if r.error:
+            reject(i, *r.error)
+        elif problem := checks.text_problem(r.text):
+            reject(i, *problem)
+        else:
+            r.text = _clean_text(r.text)
+            todo.append(i)
+    counts = checks.token_counts([rows[i].text for i in todo], [rows[i].language for i in todo])
+    for i, n in zip(list(todo), counts):
+        if problem := checks.text_problem(rows[i].text, n):
+            reject(i, *problem)
+            todo.remove(i)
+
+    root = cache_root(cfg)
+    jobs = [(rows[i].audio, rows[i].start, rows[i].end, cfg.trim_silence, cfg.normalize, str(root)) for i in todo]
+    results = _run(jobs, cfg.workers, progress)
+
+    kept, seen = [], {}
+    for i, info in zip(todo, results):
+        r = rows[i]
+        problem = (info["reason"], info["detail"]) if "reason" in info else checks.audio_problem(
+            info, cfg.min_duration, cfg.max_duration, cfg.silence_db, r.start is not None)
+        if not problem and cfg.check_rate:
+            problem = checks.rate_problem(r.text, info["voiced"], r.language)
+        if not problem and info["pcm_sha"] in seen:
+            first = rows[seen[info["pcm_sha"]]]
+            where = f" ({first.source}:{first.line})" if first.line else ""
+            problem = ("duplicate_audio", f"{r.origin}: same audio as {first.origin}{where}")
+        if problem:
+            reject(i, *problem)
+            continue
+        seen[info["pcm_sha"]] = i
+        kept.append((i, info))
+
+    clips = [dict(text=rows[i].text, speaker=rows[i].speaker, split=rows[i].split) for i, _ in kept]
+    splits, mode = split.assign(clips, cfg.split_by, cfg.valid_frac, cfg.test_frac, cfg.seed) if clips else ([], "none")
+    leaks = set(split.find_leaks(clips, splits))
+    for k in sorted(leaks):
+        i = kept[k][0]
+        reject(i, "split_leak", f"{rows[i].origin}: transcript and speaker also in the {_winner(clips, splits, k)} "
+                                "split, kept there")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audio").mkdir(exist_ok=True)
+    manifests: dict[str, list[dict]] = {s: [] for s in split.SPLITS}
+    for k, ((i, info), s) in enumerate(zip(kept, splits)):
+        if k in leaks:
+            continue
+        r = rows[i]
+        name = f"audio/{Path(info['wav']).stem[:20]}.wav"
+        _link(info["wav"], out / name)
+        manifests[s].append(dict(audio=name, text=r.text, duration=round(info["duration"], 3), speaker=r.speaker,
+                                 language=r.language, source=r.origin))
+    _prune_audio(out, {m["audio"] for ms in manifests.values() for m in ms})
+    for s, ms in manifests.items():
+        _write_lines(out / f"{s}.jsonl", ms)
+    rejects.sort(key=lambda x: x[0])
+    _write_lines(out / "rejects.jsonl", [r for _, r in rejects])
+
+    stats = _stats(input_path, fmt, cfg, mode, rows, manifests, [r for _, r in rejects], results, time.time() - t0)
+    tmp = out / "stats.json.tmp"
+    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out / "stats.json")
+    _plot(manifests, cfg, out / "durations.png")
+    if stats["clips"]["kept"] == 0:
+        top = ", ".join(f"{n} {k}" for k, n in list(stats["rejected"].items())[:3])
+        raise SpeechtuneError(f"no usable clips: all {len(rows)} were rejected ({top})",
+                              f"see {out / 'rejects.jsonl'} for each clip's reason")
+    return stats
+
+
+def _winner(clips, splits, k) -> str:
+    key = split.leak_key(clips[k]["text"], clips[k]["speaker"])
+    return min((s for c, s in zip(clips, splits) if split.leak_key(c["text"], c["speaker"]) == key),
+               key=lambda s: split._PRIORITY[s])
+
+
+def _prune_audio(out: Path, keep: set[str]) -> None:
+    """Drop audio an earlier run into the same folder wrote that this run no longer uses."""
+    for p in (out / "audio").glob("*.wav"):
+        if f"audio/{p.name}" not in keep:
+            p.unlink()
+
+
+def _stats(input_path, fmt, cfg, mode, rows, manifests, rejects, results, seconds) -> dict:
+    hours = lambda ms: round(sum(m["duration"] for m in ms) / 3600, 4)  # noqa: E731
+    speakers: dict = {}
+    for s, ms in manifests.items():
+        for m in ms:
+            d = speakers.setdefault(m["speaker"] or "unknown", {"clips": 0, "hours": 0.0, "splits": []})
+            d["clips"] += 1
+            d["hours"] += m["duration"] / 3600
+            if s not in d["splits"]:
+                d["splits"].append(s)
+    for d in speakers.values():
+        d["hours"] = round(d["hours"], 4)
+    by_reason: dict = {}
+    for r in rejects:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    kept = sum(len(ms) for ms in manifests.values())
+    return {
+        "input": str(input_path), "format": fmt, "split_by": mode, "seed": cfg.seed,
+        "clips": {"read": len(rows), "kept": kept, "rejected": len(rejects)},
+        "hours": hours([m for ms in manifests.values() for m in ms]),
+        "splits": {s: {"clips": len(ms), "hours": hours(ms), "speakers": len({m["speaker"] for m in ms})}
+                   for s, ms in manifests.items()},
+        "speakers": dict(sorted(speakers.items())),
+        "languages": {lang or "unknown": sum(1 for ms in manifests.values() for m in ms if m["language"] == lang)
+                      for lang in sorted({m["language"] for ms in manifests.values() for m in ms}, key=str)},
+        "rejected": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "cache": {"hits": sum(1 for r in results if r.get("cached")), "decoded": sum(1 for r in results if r.get("cached") is False)},
+        "seconds": round(seconds, 2),
+        "options": dataclasses.asdict(cfg),
+    }
+
+
+def _plot(manifests: dict, cfg: PrepareConfig, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    data = [[m["duration"] for m in manifests[s]] for s in split.SPLITS]
+    if any(data):
+        top = max(max(d) for d in data if d)
+        bins = np.linspace(0, max(top, cfg.min_duration) * 1.02, 31)
+        ax.hist(data, bins=bins, stacked=True, label=[f"{s} ({len(d)})" for s, d in zip(split.SPLITS, data)])
+        ax.legend()
+    ax.axvline(cfg.min_duration, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("clip duration (s)")
+    ax.set_ylabel("clips")
+    ax.set_title("Kept clips by duration")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def print_summary(stats: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    t = Table(title=f"prepared {stats['input']} ({stats['format']}, split by {stats['split_by']})")
+    for col in ("split", "clips", "minutes", "speakers"):
+        t.add_column(col, justify="left" if col == "split" else "right")
+    for s, d in stats["splits"].items():
+        t.add_row(s, str(d["clips"]), f"{d['hours'] * 60:.1f}", str(d["speakers"]))
+    t.add_row("rejected", str(stats["clips"]["rejected"]), "", "", style="yellow")
+    console.print(t)
+    if stats["rejected"]:
+        r = Table(title="rejected by reason")
+        r.add_column("reason")
+        r.add_column("clips", justify="right")
+        r.add_column("meaning")
+        for reason, n in stats["rejected"].items():
+            r.add_row(reason, str(n), checks.REASONS[reason])
+        console.print(r)
+    console.print(f"wrote {out}/ (train/valid/test.jsonl, rejects.jsonl, stats.json, durations.png); "
+                  f"cache hits {stats['cache']['hits']}, decoded {stats['cache']['decoded']}, {stats['seconds']} s")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("input", help="CSV/TSV, JSONL manifest, HF audiofolder, Kaldi data dir, or folder of audio + .txt")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", help="YAML file with any of the options below")
+    add_dataclass_args(parser, PrepareConfig)
+
+
+def main(args) -> int:
+    cfg = build_config(PrepareConfig, args.config, args)
+    stats = prepare(args.input, args.out, progress=True, config=cfg)
+    print_summary(stats, Path(args.out))
+    return 0
