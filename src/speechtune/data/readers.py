@@ -326,7 +326,8 @@ def read_folder(folder: Path) -> list[Row]:
         try:
             text = txt.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            rows.append(Row(str(txt), None, error=("bad_encoding", f"not valid UTF-8 (byte {e.start}); re-save as UTF-8")))
+            rows.append(Row(str(txt), None,
+                            error=("bad_encoding", f"not valid UTF-8 (byte {e.start}); re-save as UTF-8")))
             continue
         rows.append(Row(str(txt), None, audio=str(audio[stem].resolve()), text=text, speaker=speaker))
     return rows
