@@ -517,3 +517,10 @@ def test_trim_and_normalize(tmp_path):
     wav, _ = sf.read(tmp_path / "o" / clip["audio"])
     assert len(wav) < len(padded) - 1.5 * 16000
     assert abs(10 * np.log10(np.mean(wav ** 2)) - (-20.0)) < 1.0
+
+
+def test_reason_codes_are_documented_in_order():
+    doc = (Path(__file__).parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
+    table = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
+    table = [code for code in table if code in REASONS]
+    assert table == list(REASONS)

@@ -2,8 +2,7 @@
 
 Every rejected clip becomes one line of rejects.jsonl: {"source", "line", "reason", "detail"}. The codes
 below are the whole list (REASONS); tests and downstream tools may rely on them, so add, never rename.
-A clip gets the first reason that applies, in the order the checks run: reading, text, audio, duration,
-level, rate, duplicates, splits.
+A clip gets the first reason that applies, in the order listed (the order the checks run).
 """
 from __future__ import annotations
 
@@ -15,9 +14,11 @@ import numpy as np
 
 REASONS = {
     "bad_row": "the input row cannot be parsed (malformed CSV/JSON, wrong field count, no audio path, "
-               "unsupported Kaldi entry)",
+               "unknown split name, unsupported Kaldi entry)",
     "bad_encoding": "the row or transcript file is not valid UTF-8",
     "missing_text": "an audio file or utterance with no transcript at all",
+    "empty_text": "the transcript is empty or only whitespace",
+    "text_too_long": "the transcript needs more tokens than Whisper's decoder holds (448 incl. 5 special)",
     "missing_file": "the audio file does not exist (or a transcript names no audio)",
     "undecodable": "the file is not audio that PyAV/libsndfile can decode (truncated, wrong extension, ...)",
     "empty_audio": "the audio file is 0 bytes or decodes to zero samples",
@@ -26,8 +27,6 @@ REASONS = {
     "too_short": "shorter than --min-duration (default 0.3 s)",
     "too_long": "longer than --max-duration (default 30 s, Whisper's input window)",
     "silent": "the loudest 30 ms frame is below --silence-db (default -55 dBFS RMS)",
-    "empty_text": "the transcript is empty or only whitespace",
-    "text_too_long": "the transcript needs more tokens than Whisper's decoder holds (448 incl. 5 special)",
     "rate_mismatch": "characters per second of speech are implausible for the language "
                      "(likely the wrong transcript for this audio)",
     "duplicate_audio": "exactly the same audio (16 kHz samples) as an earlier clip",

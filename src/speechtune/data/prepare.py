@@ -3,8 +3,8 @@
 Reads CSV/TSV, JSONL (NeMo or HF style), an HF audiofolder, a Kaldi data dir, or a folder of audio files
 with same-named .txt transcripts. Writes train/valid/test.jsonl, rejects.jsonl, stats.json,
 durations.png and audio/ (16 kHz mono wav) into --out. Exit status 0 when any clip was kept.
-Reject reasons: bad_row bad_encoding missing_text missing_file undecodable empty_audio non_finite
-bad_segment too_short too_long silent empty_text text_too_long rate_mismatch duplicate_audio split_leak.
+Reject reasons: bad_row bad_encoding missing_text empty_text text_too_long missing_file undecodable
+empty_audio non_finite bad_segment too_short too_long silent rate_mismatch duplicate_audio split_leak.
 """
 from __future__ import annotations
 
