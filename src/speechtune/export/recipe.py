@@ -1,0 +1,120 @@
+"""Export a Whisper model to CTranslate2 (faster-whisper) or ONNX, with a WER parity check.
+
+The output folder is complete and self-contained: the exported weights, the tokenizer and feature settings,
+speechtune_export.json (what `speechtune serve` reads) and export_summary.json (sizes on disk, and with
+--data the PyTorch and exported WER/CER and RTF). It is built under a temporary name and renamed at the
+end, so an interrupted or failed export (parity included) leaves nothing at --out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import SpeechtuneError
+
+FORMATS = ("ct2", "onnx")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="model to export: a `speechtune train` folder, or any spec (tiny.en, base, "
+                                 "HF folder, .pt, CT2 folder)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="ct2: CTranslate2 for faster-whisper; "
+                                                                    "onnx: encoder + decoder for onnxruntime")
+    p.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
+    p.add_argument("--quantization", help="ct2: int8 (default) | int8_float32 | int8_float16 | float16 | "
+                                          "float32; onnx: float32 (default) | int8 (dynamic, weights only)")
+    p.add_argument("--data", help="test manifest (.jsonl): run the parity check on it")
+    p.add_argument("--max-wer-delta", type=float, default=0.5,
+                   help="allowed WER (or CER) difference, exported vs PyTorch, in points (default: 0.5)")
+    p.add_argument("--language", help="language of clips whose manifest line has none")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch in the parity check (default: 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _source_size(model_dir: Path) -> int:
+    return sum((model_dir / n).stat().st_size for n in os.listdir(model_dir)
+               if n.endswith((".safetensors", ".bin")) and (model_dir / n).is_file())
+
+
+def export(model, fmt: str, out, quantization: str | None = None, data=None, max_wer_delta: float = 0.5,
+           language: str | None = None, batch_size: int = 8, overwrite: bool = False,
+           progress: bool = True) -> dict:
+    """Export `model` (any spec) into `out`; returns the summary (also written as export_summary.json)."""
+    from ..models import resolve_model
+
+    if fmt not in FORMATS:
+        raise SpeechtuneError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SpeechtuneError(f"{out} already exists", "choose a new --out folder or pass --overwrite")
+    model_dir = resolve_model(model)
+    quantization = quantization or ("int8" if fmt == "ct2" else "float32")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        t0 = time.perf_counter()
+        target = tmp / "model"
+        if fmt == "ct2":
+            from .ct2 import export_ct2
+            export_ct2(model_dir, target, quantization)
+        else:
+            from .onnx import export_onnx
+            export_onnx(model_dir, target, quantization)
+        export_s = time.perf_counter() - t0
+        meta = {"format": fmt, "quantization": quantization, "source": str(model),
+                "source_dir": str(model_dir), "exported_with": "speechtune"}
+        (target / "speechtune_export.json").write_text(json.dumps(meta, indent=2) + "\n")
+        summary = {**meta, "export_s": round(export_s, 2),
+                   "size_bytes": {"source": _source_size(model_dir), "export": dir_size(target)},
+                   "parity": None}
+        if data:
+            from .parity import check
+            summary["parity"] = check(model_dir, load_runtime(target), data, max_wer_delta, language,
+                                      batch_size, progress)
+        summary["size_mb"] = {k: round(v / 2**20, 2) for k, v in summary["size_bytes"].items()}
+        (target / "export_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        target.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def load_runtime(folder, device: str = "cpu", threads: int = 0):
+    """The runtime for an exported folder: CT2Whisper (faster-whisper) or OnnxWhisper (onnxruntime)."""
+    folder = Path(folder)
+    meta = folder / "speechtune_export.json"
+    fmt = json.loads(meta.read_text())["format"] if meta.is_file() else (
+        "ct2" if (folder / "model.bin").is_file() else "onnx" if (folder / "encoder.onnx").is_file() else None)
+    if fmt == "ct2":
+        from .ct2 import CT2Whisper
+        return CT2Whisper(folder, device=device, threads=threads)
+    if fmt == "onnx":
+        from .onnx import OnnxWhisper
+        return OnnxWhisper(folder, threads=threads)
+    raise SpeechtuneError(f"{folder}: not a speechtune export (no model.bin or encoder.onnx)")
+
+
+def main(args) -> int:
+    summary = export(args.model, args.format, args.out, args.quantization, args.data, args.max_wer_delta,
+                     args.language, args.batch_size, args.overwrite)
+    mb = summary["size_mb"]
+    print(f"exported {args.model} -> {args.out} ({args.format}, {summary['quantization']}): "
+          f"{mb['export']:.1f} MB on disk (source weights {mb['source']:.1f} MB)")
+    p = summary["parity"]
+    if p:
+        m = p["metric"].upper()
+        print(f"parity on {p['data']} ({p['clips']} clips): PyTorch {m} {100 * p['pytorch']['error_rate']:.2f}% "
+              f"RTF {p['pytorch']['rtf']:.3f} | exported {m} {100 * p['exported']['error_rate']:.2f}% "
+              f"RTF {p['exported']['rtf']:.3f} | delta {p['delta_pt']:+.2f} pt (allowed ±{p['max_delta_pt']}): ok")
+    print(f"wrote {Path(args.out) / 'export_summary.json'}")
+    return 0

@@ -1,0 +1,1 @@
+"""`speechtune serve`: an OpenAI-compatible transcription service (FastAPI), its worker and its client."""
