@@ -53,12 +53,16 @@ def make_input(root: Path, n: int) -> tuple[Path, float]:
     return root / "data.csv", total
 
 
-def run(csv: Path, out: Path, cache: Path, workers: int) -> tuple[float, float]:
-    """(end-to-end seconds, seconds in the decode/check/cache phase)."""
-    t = time.perf_counter()
+def run(csv: Path, out: Path, cache: Path, workers: int) -> tuple[float, float, float]:
+    """(end-to-end seconds, seconds in the decode/check/cache phase, CPU seconds of this process)."""
+    t, cpu = time.perf_counter(), time.process_time()
     stats = prepare(csv, out, workers=workers, cache_dir=str(cache))
     assert stats["rejected"] == {}, stats["rejected"]
-    return time.perf_counter() - t, stats["seconds_processing"]
+    return time.perf_counter() - t, stats["seconds_processing"], time.process_time() - cpu
+
+
+def load() -> str:
+    return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
 
 def main() -> None:
@@ -70,21 +74,27 @@ def main() -> None:
         root = Path(tmp)
         csv, audio_s = make_input(root, args.clips)
         print(f"input: {args.clips} clips, {audio_s / 60:.1f} min of audio, 44.1 kHz stereo FLAC")
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
-        print("| run | workers | seconds (end to end) | clips/s | audio-hours/min | processing phase clips/s |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"load average {load()} at start")
         results = {}
         for workers in (1, 2):
             times = [run(csv, root / f"out{workers}-{k}", root / f"cache{workers}-{k}", workers)
                      for k in range(args.repeats)]
             results[workers] = min(times)  # best of the repeats: least disturbed by other load
         results["warm"] = run(csv, root / "warm", root / "cache2-0", 2)
-        for name, (s, p) in results.items():
+        print(f"load average {load()} at the end\n")
+        print("| run | workers | seconds (end to end) | clips/s | audio-hours/min | processing phase clips/s |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, (s, p, _) in results.items():
             label, workers = ("warm cache", 2) if name == "warm" else ("cold cache", name)
             print(f"| {label} | {workers} | {s:.1f} | {args.clips / s:.1f} | {audio_s / 3600 / (s / 60):.2f} "
                   f"| {args.clips / p:.1f} |")
         print(f"\nspeed-up 2 vs 1 worker (cold, end to end): {results[1][0] / results[2][0]:.2f}x; "
               f"processing phase: {results[1][1] / results[2][1]:.2f}x")
+        # With 1 worker everything runs in this process, so its CPU time is the whole cost of a clip;
+        # on a shared machine that is the figure that does not depend on how busy the other cores are.
+        print(f"CPU per clip (1 worker, whole run): {1000 * results[1][2] / args.clips:.1f} ms "
+              f"-> {args.clips / results[1][2]:.0f} clips/s per free core")
 
 
 if __name__ == "__main__":
