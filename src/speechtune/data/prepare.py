@@ -195,6 +195,7 @@ def _run(jobs: list[tuple], workers: int, progress: bool) -> list[list[dict]]:
         return [process_file(j) for j in tqdm(jobs, **bar)]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
     # forkserver: workers start from a clean process, not a fork of one that may hold threads (tokenizers,
     # torch) whose locks a fork could copy in a locked state.
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
@@ -205,6 +206,12 @@ def _run(jobs: list[tuple], workers: int, progress: bool) -> list[list[dict]]:
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        except BrokenProcessPool:
+            raise SpeechtuneError(
+                "a prepare worker process died",
+                "a script that calls prepare() with workers > 1 must do so under `if __name__ == \"__main__\":` "
+                "(Python's multiprocessing re-imports the script); otherwise a decoder crashed on a file: "
+                "rerun with --workers 1 to see which") from None
 
 
 # ---- the recipe ---------------------------------------------------------------------------------
