@@ -1,0 +1,194 @@
+"""Run the whole story offline on a bundled model: data -> baseline -> fine-tune -> proof -> export -> serve.
+
+    speechtune demo              # English medical terms on bundled tiny.en
+    speechtune demo --lang zh    # Mandarin medical terms on bundled multilingual base
+
+Every step is the same Python function the CLI commands call; the output folder keeps what each wrote.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .errors import SpeechtuneError
+
+MODELS = {"en": "tiny.en", "zh": "base"}
+# Sizes: "full" is the real demo; "small" keeps the same steps at a size CI can afford.
+SIZES = {"full": dict(n_train=60, n_valid=6, n_test=20, renditions=2, epochs=5),
+         "small": dict(n_train=40, n_valid=4, n_test=10, renditions=2, epochs=5)}
+TRAIN_VOICES = {"en": ["m1", "f3", "m3"], "zh": ["m1", "f3", "m3"]}
+
+
+class Steps:
+    """Wall time of each step, shown as it goes and in the final summary."""
+
+    def __init__(self, console):
+        self.console, self.times, self._t = console, {}, None
+
+    def start(self, n: int, title: str) -> None:
+        self.console.rule(f"[bold]{n}. {title}")
+        self._t, self._name = time.perf_counter(), title
+
+    def done(self) -> float:
+        self.times[self._name] = time.perf_counter() - self._t
+        return self.times[self._name]
+
+
+def _synth(lang: str, out: Path, size: dict, seed: int) -> tuple[Path, Path]:
+    """The domain corpus as one manifest with a split column, and a general-speech guard manifest."""
+    from .demo_corpus import domain_splits, general_sentences
+    from .synth import synth_corpus
+
+    sentences = domain_splits(lang, size["n_train"], size["n_valid"], size["n_test"], seed=seed)
+    voices = TRAIN_VOICES[lang]
+    lines = []
+    for split, texts in sentences.items():
+        per = size["renditions"] if split == "train" else 1
+        manifest = synth_corpus(texts, out / "corpus" / split, lang, voices=voices, per_sentence=per,
+                                rates=[150, 170], pitches=[40, 50, 60], noise_snr=[25, 35], seed=seed, progress=False)
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            row["audio"] = f"{split}/{row['audio']}"
+            lines.append(json.dumps(row | {"split": split}, ensure_ascii=False))
+    corpus = out / "corpus" / "manifest.jsonl"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    guard = synth_corpus(general_sentences(lang), out / "guard", lang, voices=voices, per_sentence=1,
+                         rates=[160], pitches=[50], seed=seed, progress=False)
+    return corpus, guard
+
+
+def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full", seed: int = 0,
+             model: str | None = None) -> dict:
+    from rich.console import Console
+
+    from .compare import compare
+    from .data.prepare import prepare, print_summary
+    from .evaluate import evaluate
+    from .export.recipe import export
+    from .train.recipe import TrainConfig, train
+
+    if lang not in MODELS:
+        raise SpeechtuneError(f"demo language '{lang}' is not available", "use --lang en or --lang zh")
+    console = Console()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    spec, cfg = model or MODELS[lang], SIZES[size]
+    steps = Steps(console)
+    t0 = time.perf_counter()
+
+    steps.start(1, "synthesize a domain corpus")
+    corpus, guard = _synth(lang, out, cfg, seed)
+    n = sum(1 for _ in corpus.open(encoding="utf-8"))
+    console.print(f"{n} domain clips ({lang}, voices {', '.join(TRAIN_VOICES[lang])}) -> {corpus}\n"
+                  f"guard: general-speech clips -> {guard}  ({steps.done():.0f} s)")
+
+    steps.start(2, "prepare")
+    stats = prepare(corpus, out / "prepared", progress=True, seed=seed)
+    print_summary(stats, out / "prepared")
+    test = out / "prepared" / "test.jsonl"
+    steps.done()
+
+    steps.start(3, f"baseline: bundled {spec} on the held-out test set")
+    base = evaluate(spec, test, out=out / "baseline", progress=True)
+    console.print(f"baseline {base['metric'].upper()}: {100 * base['error_rate']:.1f}%")
+    steps.done()
+
+    steps.start(4, "fine-tune (freeze-encoder: encoder outputs computed once, decoder trained)")
+    model_dir = train(TrainConfig(model=spec, data=str(out / "prepared"), out=str(out / "model"),
+                                  mode="freeze-encoder", guard=str(guard), epochs=cfg["epochs"], seed=seed,
+                                  lr=DEMO_LR[lang], overwrite=True, tensorboard=False))
+    steps.done()
+
+    steps.start(5, "compare base vs fine-tuned (with the general-speech guard)")
+    result = compare(spec, model_dir, test, guard=guard, out=out / "report", progress=True)
+    console.print(f"[bold]{result['verdict_line']}")
+    if result.get("guard"):
+        g = result["guard"]
+        console.print(f"guard: {g['metric'].upper()} {100 * g['base']['error_rate']:.1f}% -> "
+                      f"{100 * g['tuned']['error_rate']:.1f}%" + ("  [red]FLAGGED" if g["flagged"] else "  ok"))
+    steps.done()
+
+    steps.start(6, "export to CTranslate2 int8, with the parity check")
+    summary = export(model_dir, "ct2", out / "export-ct2-int8", quantization="int8", data=test, overwrite=True)
+    p = summary["parity"]
+    console.print(f"int8 export {summary['size_mb']['export']:.0f} MB (from {summary['size_mb']['source']:.0f} MB): "
+                  f"{p['metric'].upper()} {100 * p['exported']['error_rate']:.1f}% vs PyTorch "
+                  f"{100 * p['pytorch']['error_rate']:.1f}% -> parity ok")
+    steps.done()
+
+    steps.start(7, "serve on loopback and transcribe one held-out clip over HTTP")
+    served = _serve_once(out / "export-ct2-int8", test, console)
+    steps.done()
+
+    total = time.perf_counter() - t0
+    report = {
+        "language": lang, "model": spec, "metric": result["metric"],
+        "baseline": base["error_rate"], "base": result["base"]["error_rate"],
+        "tuned": result["tuned"]["error_rate"], "ci95": result["ci95"], "p_value": result["p_value"],
+        "verdict": result["verdict"], "verdict_line": result["verdict_line"], "guard": result.get("guard"),
+        "export": {"quantization": summary["quantization"], "size_mb": summary["size_mb"],
+                   "pytorch": summary["parity"]["pytorch"]["error_rate"],
+                   "exported": summary["parity"]["exported"]["error_rate"]},
+        "served": served, "step_seconds": {k: round(v, 1) for k, v in steps.times.items()},
+        "total_seconds": round(total, 1),
+        "paths": {"model": str(model_dir), "report": str(out / "report" / "report.html"),
+                  "export": str(out / "export-ct2-int8")},
+    }
+    (out / "demo_summary.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str),
+                                           encoding="utf-8")
+    _print_summary(console, report)
+    return report
+
+
+DEMO_LR = {"en": 1e-4, "zh": 1e-4}
+
+
+def _serve_once(export_dir: Path, test: Path, console) -> dict:
+    import httpx
+
+    from .serve.recipe import start_server
+
+    row = json.loads(test.read_text(encoding="utf-8").splitlines()[0])
+    audio = Path(row["audio"]) if Path(row["audio"]).is_absolute() else test.parent / row["audio"]
+    with start_server(export_dir) as server:
+        with open(audio, "rb") as f:
+            r = httpx.post(f"{server.url}/v1/audio/transcriptions", files={"file": (audio.name, f, "audio/wav")},
+                           data={"model": "whisper-1", "language": row.get("language") or ""}, timeout=120)
+        r.raise_for_status()
+        text = r.json()["text"]
+        console.print(f"POST {server.url}/v1/audio/transcriptions\n  reference: {row['text']}\n  served:    {text}")
+    return {"url": server.url, "reference": row["text"], "text": text}
+
+
+def _print_summary(console, r: dict) -> None:
+    from rich.table import Table
+
+    m = r["metric"].upper()
+    t = Table(title=f"speechtune demo ({r['language']}, {r['model']})", show_header=False)
+    t.add_row("verdict", r["verdict_line"])
+    t.add_row(f"test {m}", f"{100 * r['base']:.1f}% -> {100 * r['tuned']:.1f}% "
+                           f"(95% CI of the change {100 * r['ci95'][0]:+.1f} .. {100 * r['ci95'][1]:+.1f} pt)")
+    if r["guard"]:
+        g = r["guard"]
+        t.add_row(f"guard {g['metric'].upper()}", f"{100 * g['base']['error_rate']:.1f}% -> "
+                                                  f"{100 * g['tuned']['error_rate']:.1f}%"
+                                                  + (" (worse beyond threshold)" if g["flagged"] else ""))
+    for step, secs in r["step_seconds"].items():
+        t.add_row(f"time: {step}", f"{secs:.0f} s")
+    t.add_row("total", f"{r['total_seconds']:.0f} s")
+    for k, v in r["paths"].items():
+        t.add_row(k, v)
+    console.print(t)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--lang", default="en", choices=sorted(MODELS), help="en: tiny.en on medical English; zh: base on Mandarin")
+    p.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    p.add_argument("--size", default="full", choices=sorted(SIZES), help="small: fewer clips (what CI runs)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(args) -> int:
+    report = run_demo(args.lang, args.out, args.size, args.seed)
+    return 0 if report["verdict"] == "improved" else 1
