@@ -270,3 +270,17 @@ def test_transcribe_cli_against_server(tiny_en_ct2, clip, capsys, tmp_path):
         assert main(["transcribe", str(clip), "--server", s.url]) == 1  # no key
     assert main(["transcribe", str(clip), "--server", s.url, "--api-key", "k"]) == 1  # server gone
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_any_spec_is_exported_to_ct2_in_cache_or_served_through_hf(clip):
+    from speechtune.models import cache_dir
+    with start_server("tiny.en") as s:
+        h = httpx.get(s.url + "/health").json()
+        assert h["backend"] == "ct2" and h["model"].startswith(str(cache_dir() / "serve"))
+        assert "lazy dog" in post(s.url, clip.read_bytes()).json()["text"].lower()
+    with start_server("tiny.en", kind="hf") as s:
+        assert httpx.get(s.url + "/health").json()["backend"] == "hf"
+        assert "lazy dog" in post(s.url, clip.read_bytes()).json()["text"].lower()
+        r = post(s.url, clip.read_bytes(), data={"model": "m", "response_format": "verbose_json"})
+        assert r.status_code == 200 and r.json()["segments"]

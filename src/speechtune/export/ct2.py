@@ -64,6 +64,10 @@ class CT2Whisper:
         self.fw = WhisperModel(str(self.path), device=device, compute_type=compute or compute_type(folder, device),
                                cpu_threads=threads or (os.cpu_count() or 1))
         self.multilingual = self.fw.model.is_multilingual
+        # faster-whisper assumes Whisper's 448 decoder positions; a smaller model must stop at its own limit.
+        meta = self.path / "speechtune_export.json"
+        if meta.is_file():
+            self.fw.max_length = min(self.fw.max_length, json.loads(meta.read_text()).get("max_target_positions", 448))
         self.suppress = json.loads((self.path / "config.json").read_text()).get("suppress_ids", [-1]) or [-1]
 
     def _tokenizer(self, language: str | None):

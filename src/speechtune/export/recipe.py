@@ -69,8 +69,9 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
             from .onnx import export_onnx
             export_onnx(model_dir, target, quantization)
         export_s = time.perf_counter() - t0
-        meta = {"format": fmt, "quantization": quantization, "source": str(model),
-                "source_dir": str(model_dir), "exported_with": "speechtune"}
+        hf_config = json.loads((model_dir / "config.json").read_text())
+        meta = {"format": fmt, "quantization": quantization, "source": str(model), "source_dir": str(model_dir),
+                "max_target_positions": hf_config.get("max_target_positions", 448), "exported_with": "speechtune"}
         (target / "speechtune_export.json").write_text(json.dumps(meta, indent=2) + "\n")
         summary = {**meta, "export_s": round(export_s, 2),
                    "size_bytes": {"source": _source_size(model_dir), "export": dir_size(target)},

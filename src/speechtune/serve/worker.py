@@ -134,8 +134,10 @@ def ct2_for(spec, quantization: str = "int8") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".ct2-", dir=out.parent))
     try:
         export_ct2(hf, tmp / "m", quantization)
+        positions = json.loads((hf / "config.json").read_text()).get("max_target_positions", 448)
         (tmp / "m" / "speechtune_export.json").write_text(json.dumps(
-            {"format": "ct2", "quantization": quantization, "source": str(spec), "source_dir": str(hf)}))
+            {"format": "ct2", "quantization": quantization, "source": str(spec), "source_dir": str(hf),
+             "max_target_positions": positions}))
         try:
             (tmp / "m").rename(out)
         except OSError:  # another process finished the same export first

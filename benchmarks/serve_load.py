@@ -1,0 +1,177 @@
+"""Serving under load, and the int8 CTranslate2 export against Hugging Face generate.
+
+1. Export MODEL (default the bundled tiny.en) to CTranslate2 int8.
+2. Single-stream baseline: one faster-whisper WhisperModel on that folder transcribes the clips one after
+   another, with the server's decoding settings (greedy, no VAD, no timestamps, no previous-text
+   conditioning), so the only difference is concurrency and batching.
+3. Load: `speechtune serve` in its own process on a free loopback port; CLIENTS threads post the same clips
+   through the OpenAI-compatible endpoint until REQUESTS answers came back. Throughput is audio seconds
+   answered per wall second; latency is per request, upload to answer.
+4. RTF of the int8 export vs HF `generate` in fp32 on the manifest (both greedy, batch 8), with WER of
+   each: the parity check of `speechtune export`, with no allowance enforced.
+
+    python benchmarks/serve_load.py [--model tiny.en] [--data ../shared/realspeech/en.jsonl]
+        [--clients 16] [--requests 64] [--out bench-out/serve_load.json]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def pct(xs, q):
+    return float(np.percentile(np.array(xs), q)) if xs else float("nan")
+
+
+def baseline(ct2_dir: Path, wavs: list[np.ndarray], repeats: int) -> dict:
+    from faster_whisper import WhisperModel
+    model = WhisperModel(str(ct2_dir), device="cpu", compute_type="int8", cpu_threads=os.cpu_count() or 1)
+    opts = dict(beam_size=1, vad_filter=False, without_timestamps=True, condition_on_previous_text=False,
+                temperature=0.0)
+    list(model.transcribe(wavs[0], **opts)[0])  # warm-up
+    lat, audio = [], 0.0
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for w in wavs:
+            t = time.perf_counter()
+            list(model.transcribe(w, **opts)[0])
+            lat.append(time.perf_counter() - t)
+            audio += len(w) / 16000
+    wall = time.perf_counter() - t0
+    return {"requests": len(lat), "audio_s": round(audio, 2), "wall_s": round(wall, 2),
+            "throughput_audio_s_per_s": audio / wall, "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "errors": 0}
+
+
+def load(url: str, files: list[Path], clients: int, requests: int, durations: dict) -> dict:
+    lock = threading.Lock()
+    state = {"next": 0}
+    lat, errors, audio = [], [], [0.0]
+
+    def client():
+        with httpx.Client(timeout=600) as http:
+            while True:
+                with lock:
+                    i = state["next"]
+                    if i >= requests:
+                        return
+                    state["next"] += 1
+                path = files[i % len(files)]
+                t = time.perf_counter()
+                try:
+                    r = http.post(url + "/v1/audio/transcriptions", data={"model": "whisper-1"},
+                                  files={"file": (path.name, path.read_bytes())})
+                    ok = r.status_code == 200
+                except httpx.HTTPError as e:
+                    ok, r = False, e
+                with lock:
+                    if ok:
+                        lat.append(time.perf_counter() - t)
+                        audio[0] += durations[path]
+                    else:
+                        errors.append(str(getattr(r, "status_code", r)))
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    wall = time.perf_counter() - t0
+    metrics = httpx.get(url + "/metrics").text
+    batch = {ln.split()[0]: float(ln.split()[1]) for ln in metrics.splitlines()
+             if ln.startswith("speechtune_batch_size_sum") or ln.startswith("speechtune_batch_size_count")}
+    return {"requests": len(lat) + len(errors), "clients": clients, "audio_s": round(audio[0], 2),
+            "wall_s": round(wall, 2), "throughput_audio_s_per_s": audio[0] / wall, "p50_s": pct(lat, 50),
+            "p95_s": pct(lat, 95), "errors": len(errors), "error_kinds": sorted(set(errors)),
+            "mean_batch": batch.get("speechtune_batch_size_sum", 0) / max(batch.get("speechtune_batch_size_count", 1), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny.en")
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "realspeech" / "en.jsonl"))
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=88, help="requests in the load run (default: 2 passes)")
+    ap.add_argument("--batch-size", type=int, default=8, help="server batch size (default: 8)")
+    ap.add_argument("--skip-rtf", action="store_true", help="skip the HF vs int8 RTF comparison")
+    ap.add_argument("--out", default="bench-out/serve_load.json")
+    args = ap.parse_args()
+
+    from speechtune.audio import load_audio
+    from speechtune.export import export, load_runtime
+    from speechtune.manifest import read_manifest
+    from speechtune.serve.recipe import start_subprocess
+
+    rows = read_manifest(args.data)
+    files = [Path(r["audio"]) for r in rows]
+    wavs = [load_audio(f) for f in files]
+    durations = {f: len(w) / 16000 for f, w in zip(files, wavs)}
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
+                         f"{os.getloadavg()[0]:.2f} at start", "model": args.model, "data": args.data,
+              "clips": len(rows), "audio_s": round(sum(durations.values()), 2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        ct2 = Path(tmp) / "ct2-int8"
+        summary = export(args.model, "ct2", ct2, quantization="int8")
+        result["export_size_mb"] = summary["size_mb"]
+        repeats = max(1, round(args.requests / len(files)))
+        print(f"single stream: faster-whisper, {repeats} pass(es) over {len(files)} clips ...", flush=True)
+        result["single_stream"] = baseline(ct2, wavs, repeats)
+        print(f"load: {args.clients} clients, {args.requests} requests ...", flush=True)
+        server = start_subprocess(ct2, args=["--batch-size", str(args.batch_size), "--max-queue", "256"],
+                                  log=Path(tmp) / "server.log")
+        try:
+            load(server.url, files[:4], 4, 8, durations)  # warm-up
+            result["server"] = load(server.url, files, args.clients, args.requests, durations)
+        finally:
+            server.stop()
+        result["speedup_server_vs_single"] = (result["server"]["throughput_audio_s_per_s"]
+                                              / result["single_stream"]["throughput_audio_s_per_s"])
+        if not args.skip_rtf:
+            from speechtune.export.parity import check
+            from speechtune.models import resolve_model
+            print("RTF: HF generate fp32 vs CT2 int8 on the manifest ...", flush=True)
+            p = check(resolve_model(args.model), load_runtime(ct2), args.data, max_wer_delta=1e9)
+            result["rtf"] = {"hf_fp32": p["pytorch"], "ct2_int8": p["exported"],
+                             "speedup": p["pytorch"]["rtf"] / p["exported"]["rtf"], "metric": p["metric"]}
+    result["load_average_end"] = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+
+
+def report(r: dict) -> str:
+    s, v = r["single_stream"], r["server"]
+    lines = [f"machine: {r['machine']}; load average {r['load_average_end']:.2f} at the end",
+             f"data: {r['data']} ({r['clips']} clips, {r['audio_s']} s of audio); model {r['model']} -> CT2 int8 "
+             f"({r['export_size_mb']['export']} MB)", "",
+             "| run | requests | audio-s/s | p50 latency s | p95 latency s | errors |", "|---|---:|---:|---:|---:|---:|",
+             f"| faster-whisper WhisperModel, one after another | {s['requests']} | "
+             f"{s['throughput_audio_s_per_s']:.2f} | {s['p50_s']:.2f} | {s['p95_s']:.2f} | {s['errors']} |",
+             f"| speechtune serve, {v['clients']} concurrent clients (mean batch {v['mean_batch']:.1f}) | "
+             f"{v['requests']} | {v['throughput_audio_s_per_s']:.2f} | {v['p50_s']:.2f} | {v['p95_s']:.2f} | "
+             f"{v['errors']} |", "",
+             f"server throughput / single stream: {r['speedup_server_vs_single']:.2f}x (target >= 1.5x)"]
+    if "rtf" in r:
+        t = r["rtf"]
+        m = t["metric"].upper()
+        lines += ["", "| runtime | RTF | " + m + " |", "|---|---:|---:|",
+                  f"| HF generate fp32 (batch 8, greedy) | {t['hf_fp32']['rtf']:.3f} | {100 * t['hf_fp32']['error_rate']:.2f}% |",
+                  f"| CT2 int8 via faster-whisper (batch 8, greedy) | {t['ct2_int8']['rtf']:.3f} | "
+                  f"{100 * t['ct2_int8']['error_rate']:.2f}% |", "",
+                  f"int8 speed-up over HF generate: {t['speedup']:.2f}x (target >= 2x)"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""ONNX export of Whisper's encoder and decoder with `torch.onnx.export(dynamo=True)`, and a greedy decoder
+for onnxruntime.
+
+The exporter is PyTorch's own (torch.export + onnxscript), which handles transformers 5 models as they are;
+optimum's ONNX exporter is not used because it lags transformers' major versions. Two graphs:
+
+    encoder.onnx  input_features [batch, n_mels, 3000]  -> last_hidden_state [batch, 1500, d_model]
+    decoder.onnx  input_ids [batch, tokens], encoder_hidden_states -> logits [batch, tokens, vocab]
+
+The decoder has no KV cache: every step re-reads the whole prefix. That keeps the graph one plain function
+(no cache tensors to thread through) at the price of O(tokens²) decoder work, which for transcripts of a
+few dozen tokens is small next to the encoder. `--quantization int8` applies onnxruntime's dynamic
+quantization (int8 weights of MatMul/Gemm, activations quantized on the fly).
+
+Greedy decoding, as `OnnxWhisper.transcribe_batch` does it (the same rules HF `generate` applies with one
+beam, so on the same weights both give the same tokens):
+
+    1. features = WhisperFeatureExtractor(wav) padded to 30 s;  h = encoder(features)
+    2. tokens = <|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>   (language detected from
+       the first decoder step's logits over language tokens when not given, multilingual models only)
+    3. repeat: logits = decoder(tokens, h)[:, -1]; logits[suppress_tokens] = -inf; on the first step also
+       logits[begin_suppress_tokens] = -inf; next = argmax; sequences that produced <|endoftext|> keep
+       getting it; stop when all have ended or the length reaches max_target_positions (448).
+    4. text = tokenizer.decode(generated, skip_special_tokens=True)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SpeechtuneError
+
+QUANTIZATIONS = ("float32", "int8")
+COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "preprocessor_config.json", "processor_config.json", "special_tokens_map.json", "added_tokens.json",
+        "vocab.json", "merges.txt", "normalizer.json")
+WINDOW = 30 * 16000
+
+
+def _modules(model):
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = model.model.encoder
+
+        def forward(self, input_features):
+            return self.encoder(input_features).last_hidden_state
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder, self.proj_out = model.model.decoder, model.proj_out
+
+        def forward(self, input_ids, encoder_hidden_states):
+            h = self.decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
+                             use_cache=False).last_hidden_state
+            return self.proj_out(h)
+
+    return Encoder().eval(), Decoder().eval()
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "float32") -> None:
+    """Write encoder.onnx, decoder.onnx and the tokenizer/feature/generation files into `out` (new)."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from ..models import load_model
+
+    if quantization not in QUANTIZATIONS:
+        raise SpeechtuneError(f"unknown ONNX quantization '{quantization}'", f"use one of {', '.join(QUANTIZATIONS)}")
+    model_dir, out = Path(model_dir), Path(out)
+    out.mkdir(parents=True)
+    whisper = load_model(model_dir, device="cpu", dtype=torch.float32)
+    cfg = whisper.model.config
+    encoder, decoder = _modules(whisper.model)
+    features = torch.zeros(1, cfg.num_mel_bins, 2 * cfg.max_source_positions)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    tokens = torch.export.Dim("tokens", min=1, max=cfg.max_target_positions)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        hidden = encoder(features)
+        torch.onnx.export(encoder, (features,), str(out / "encoder.onnx"), dynamo=True, verbose=False,
+                          input_names=["input_features"], output_names=["last_hidden_state"],
+                          dynamic_shapes={"input_features": {0: batch}})
+        ids = torch.tensor([[whisper.model.generation_config.decoder_start_token_id] * 3])
+        torch.onnx.export(decoder, (ids, hidden), str(out / "decoder.onnx"), dynamo=True, verbose=False,
+                          input_names=["input_ids", "encoder_hidden_states"], output_names=["logits"],
+                          dynamic_shapes={"input_ids": {0: batch, 1: tokens}, "encoder_hidden_states": {0: batch}})
+    if quantization == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        for name in ("encoder", "decoder"):
+            src = out / f"{name}.onnx"
+            tmp = out / f"{name}.int8.onnx"
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+            for f in out.glob(f"{name}.onnx*"):  # the float graph and any external-data file beside it
+                f.unlink()
+            tmp.rename(src)
+    for name in COPY:
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, out / name)
+
+
+class OnnxWhisper:
+    """An ONNX export run with onnxruntime (CPU), greedy decoding as in the module docstring."""
+
+    def __init__(self, folder: str | Path, threads: int = 0):
+        import onnxruntime as ort
+        from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperTokenizer
+
+        self.path = Path(folder)
+        for name in ("encoder.onnx", "decoder.onnx", "generation_config.json", "tokenizer.json"):
+            if not (self.path / name).is_file():
+                raise SpeechtuneError(f"{folder}: not an ONNX Whisper export (no {name})",
+                                      "export with `speechtune export MODEL --format onnx --out DIR`")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        self.encoder = ort.InferenceSession(str(self.path / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.decoder = ort.InferenceSession(str(self.path / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.gen = GenerationConfig.from_pretrained(self.path)
+        self.features = WhisperFeatureExtractor.from_pretrained(self.path)
+        self.tokenizer = WhisperTokenizer.from_pretrained(self.path)
+        self.multilingual = bool(getattr(self.gen, "is_multilingual", False))
+        self.max_length = json.loads((self.path / "config.json").read_text()).get("max_target_positions", 448)
+
+    def encode(self, wavs: list[np.ndarray]) -> np.ndarray:
+        feats = self.features(wavs, sampling_rate=16000, return_tensors="np").input_features.astype(np.float32)
+        return self.encoder.run(None, {"input_features": feats})[0]
+
+    def logits(self, ids: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+        return self.decoder.run(None, {"input_ids": ids.astype(np.int64), "encoder_hidden_states": hidden})[0][:, -1]
+
+    def detect_language(self, hidden: np.ndarray) -> list[str]:
+        lang_ids = np.array(sorted(self.gen.lang_to_id.values()))
+        first = np.full((hidden.shape[0], 1), self.gen.decoder_start_token_id)
+        best = lang_ids[self.logits(first, hidden)[:, lang_ids].argmax(-1)]
+        names = {v: k[2:-2] for k, v in self.gen.lang_to_id.items()}
+        return [names[int(i)] for i in best]
+
+    def generate(self, hidden: np.ndarray, prefixes: list[list[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+        """Greedy tokens after each prefix (prefixes of equal length), without the prefix and the final EOT."""
+        eot = self.gen.eos_token_id
+        suppress = np.array(self.gen.suppress_tokens or [], dtype=np.int64)
+        begin = np.array(self.gen.begin_suppress_tokens or [], dtype=np.int64)
+        ids = np.array(prefixes, dtype=np.int64)
+        start = ids.shape[1]
+        limit = self.max_length if max_new_tokens is None else min(self.max_length, start + max_new_tokens)
+        done = np.zeros(len(ids), dtype=bool)
+        while ids.shape[1] < limit and not done.all():
+            logits = self.logits(ids, hidden)
+            logits[:, suppress] = -np.inf
+            if ids.shape[1] == start:
+                logits[:, begin] = -np.inf
+            nxt = np.where(done, eot, logits.argmax(-1))
+            done |= nxt == eot
+            ids = np.concatenate([ids, nxt[:, None]], axis=1)
+        out = []
+        for row in ids[:, start:].tolist():
+            out.append(row[:row.index(eot)] if eot in row else row)
+        return out
+
+    def prefix(self, language: str | None) -> list[int]:
+        from ..models.whisper import prefix_ids
+        return prefix_ids(self.gen, language if self.multilingual else None)
+
+    def transcribe_batch(self, wavs: list[np.ndarray], language: str | None = None,
+                         max_new_tokens: int | None = None, **_) -> list[dict]:
+        """Greedy texts of clips <= 30 s: [{text, language, tokens}]."""
+        hidden = self.encode(wavs)
+        langs = [language] * len(wavs)
+        if self.multilingual and language is None:
+            langs = self.detect_language(hidden)
+        results: list[dict] = [{}] * len(wavs)
+        for lang in dict.fromkeys(langs):  # one prefix length per group keeps the batch rectangular
+            idx = [i for i, x in enumerate(langs) if x == lang]
+            tokens = self.generate(hidden[idx], [self.prefix(lang)] * len(idx), max_new_tokens)
+            for i, t in zip(idx, tokens):
+                results[i] = {"text": self.tokenizer.decode(t, skip_special_tokens=True).strip(),
+                              "language": lang if self.multilingual else "en", "tokens": t}
+        return results
+
+    def transcribe(self, wav: np.ndarray, language: str | None = None, **_) -> dict:
+        """Any length, in consecutive 30 s windows (no timestamp-guided seeking: words at a cut may split)."""
+        parts = [wav[i:i + WINDOW] for i in range(0, len(wav), WINDOW)]
+        results = self.transcribe_batch(parts, language)
+        return {"text": " ".join(r["text"] for r in results if r["text"]),
+                "language": results[0]["language"] if results else language}

@@ -1,0 +1,145 @@
+"""`speechtune export`: CT2 folders that faster-whisper loads offline, ONNX graphs whose greedy output equals
+HF `generate`, the parity check (forced to fail, with both figures), and the atomic output folder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from speechtune.audio import write_wav
+from speechtune.errors import SpeechtuneError
+from speechtune.export import export, load_runtime
+
+
+@pytest.fixture(scope="module")
+def short_whisper_dir(tiny_whisper_dir, tmp_path_factory):
+    """The random tiny Whisper, rewired to end after a token or two: random weights rarely emit
+    <|endoftext|>, and 448 steps per clip make a parity run on them slow. The decoder's final layer norm
+    outputs a constant pointing at <|endoftext|>'s (enlarged) embedding, so its logit wins whenever it
+    is not suppressed."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    out = tmp_path_factory.mktemp("short-whisper") / "model"
+    shutil.copytree(tiny_whisper_dir, out)
+    sd = load_file(out / "model.safetensors")
+    eot = 50256
+    sd["model.decoder.embed_tokens.weight"][eot] *= 10
+    sd["model.decoder.layer_norm.weight"].zero_()
+    sd["model.decoder.layer_norm.bias"].copy_(sd["model.decoder.embed_tokens.weight"][eot])
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    from speechtune.synth import speak
+    d = tmp_path_factory.mktemp("parity-data")
+    lines = []
+    for i, text in enumerate(["hello world", "the quick brown fox jumps over the lazy dog"]):
+        write_wav(d / f"{i}.wav", speak(text))
+        lines.append(json.dumps({"audio": f"{i}.wav", "text": text, "language": "en"}))
+    (d / "test.jsonl").write_text("\n".join(lines) + "\n")
+    return d / "test.jsonl"
+
+
+def hf_greedy(model_dir, wavs, max_new_tokens=None):
+    import torch
+
+    from speechtune.models import load_model
+    from speechtune.transcribe import _features
+    w = load_model(model_dir, device="cpu")
+    feats, mask = _features(w, wavs)
+    kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    with torch.inference_mode():
+        out = w.model.generate(feats, attention_mask=mask, num_beams=1, **kw)
+    prefix = 2 if out[0, 0].item() == w.model.generation_config.decoder_start_token_id else 0
+    eot = w.model.generation_config.eos_token_id
+    rows = [r[prefix:] for r in out.tolist()]
+    return [r[:r.index(eot)] if eot in r else r for r in rows]
+
+
+def test_ct2_export_loads_in_faster_whisper_offline(tiny_whisper_dir, tmp_path, tone):
+    from faster_whisper import WhisperModel
+    out = tmp_path / "ct2"
+    summary = export(tiny_whisper_dir, "ct2", out)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.bin", "config.json", "tokenizer.json", "preprocessor_config.json",
+            "speechtune_export.json", "export_summary.json"} <= names
+    assert summary["quantization"] == "int8" and summary["parity"] is None
+    on_disk = json.loads((out / "export_summary.json").read_text())
+    assert on_disk["size_bytes"]["export"] > 0 and on_disk["size_bytes"]["source"] > on_disk["size_bytes"]["export"]
+    model = WhisperModel(str(out), device="cpu", compute_type="int8")  # HF_HUB_OFFLINE=1: no download
+    segments, info = model.transcribe(tone, beam_size=1, max_new_tokens=5)
+    list(segments)
+    assert info.duration == pytest.approx(1.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["ct2"]  # no temporary folder left behind
+
+
+def test_export_refuses_existing_out_and_leaves_nothing_on_error(tiny_whisper_dir, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    with pytest.raises(SpeechtuneError, match="already exists"):
+        export(tiny_whisper_dir, "ct2", out)
+    with pytest.raises(SpeechtuneError, match="quantization"):
+        export(tiny_whisper_dir, "ct2", tmp_path / "new", quantization="int3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path):
+    from speechtune.synth import speak
+    out = tmp_path / "onnx"
+    export(tiny_whisper_dir, "onnx", out)
+    assert {"encoder.onnx", "decoder.onnx", "tokenizer.json", "generation_config.json"} <= {p.name for p in out.iterdir()}
+    runtime = load_runtime(out)
+    wavs = [speak("hello world"), speak("the quick brown fox"), np.zeros(8000, dtype=np.float32)]
+    got = [r["tokens"] for r in runtime.transcribe_batch(wavs, max_new_tokens=12)]
+    assert got == hf_greedy(tiny_whisper_dir, wavs, 12)
+    assert len(got[0]) == 12
+
+
+def test_parity_failure_reports_both_figures(short_whisper_dir, tmp_path, manifest):
+    from speechtune.export.parity import ParityError, check
+    ct2 = tmp_path / "ct2"
+    export(short_whisper_dir, "ct2", ct2)
+    runtime = load_runtime(ct2)
+    # Forced: a negative allowance fails even identical figures, so the failure path runs on real numbers.
+    with pytest.raises(ParityError) as e:
+        check(short_whisper_dir, runtime, manifest, max_wer_delta=-1, progress=False)
+    r = e.value.result
+    msg = e.value.message
+    assert f"{100 * r['exported']['error_rate']:.2f}%" in msg and f"{100 * r['pytorch']['error_rate']:.2f}%" in msg
+    assert r["passed"] is False and r["pytorch"]["rtf"] > 0 and r["exported"]["rtf"] > 0
+    with pytest.raises(ParityError):  # through export(): nothing is published at --out
+        export(short_whisper_dir, "ct2", tmp_path / "failed", data=manifest, max_wer_delta=-1, progress=False)
+    assert not (tmp_path / "failed").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2"]
+
+
+@pytest.mark.e2e
+def test_export_cli_with_parity_on_tiny_en(tmp_path, manifest, capsys):
+    from speechtune.cli import main
+    out = tmp_path / "tiny-ct2"
+    assert main(["export", "tiny.en", "--format", "ct2", "--out", str(out), "--data", str(manifest),
+                 "--max-wer-delta", "100"]) == 0
+    s = json.loads((out / "export_summary.json").read_text())
+    p = s["parity"]
+    assert p["clips"] == 2 and p["passed"] and p["metric"] == "wer"
+    # espeak voices are hard for tiny.en; well under 100% still means real words came out of both.
+    assert p["pytorch"]["error_rate"] < 0.9 and p["exported"]["error_rate"] < 0.9
+    assert "parity on" in capsys.readouterr().out
+    assert main(["export", "tiny.en", "--format", "ct2", "--out", str(out)]) == 2  # exists
+
+
+@pytest.mark.e2e
+def test_onnx_tiny_en_matches_hf_on_speech(tmp_path):
+    from speechtune.models import resolve_model
+    from speechtune.synth import speak
+    out = tmp_path / "onnx"
+    export("tiny.en", "onnx", out)
+    wavs = [speak("The quick brown fox jumps over the lazy dog."), speak("Hello world, how are you today?")]
+    runtime = load_runtime(out)
+    got = runtime.transcribe_batch(wavs)
+    assert [r["tokens"] for r in got] == hf_greedy(resolve_model("tiny.en"), wavs)
+    assert "lazy dog" in got[0]["text"].lower()
