@@ -1,0 +1,1 @@
+"""Fine-tuning: data, encoder cache, checkpoints, the loop and the `train` recipe."""

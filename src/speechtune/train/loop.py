@@ -1,0 +1,245 @@
+"""The training loop, top to bottom: optimizer, schedule, resume, steps, evaluation, checkpoints, stop.
+
+One optimizer step = `grad_accum` micro-batches. Batches for each epoch come from (seed, epoch), so a run's
+position is just (epoch, step-in-epoch) and a resumed run replays exactly what an uninterrupted one would.
+Under `accelerate launch` each process takes every world_size-th group of batches; DDP averages gradients.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SpeechtuneError
+from . import checkpoint
+from .data import batch_order, collate_labels
+
+
+class TrainingDiverged(SpeechtuneError):
+    pass
+
+
+def compute_loss(model, clips, idx, cache, cfg, step: int):
+    """Mean cross-entropy of one micro-batch: from cached encoder outputs, or features through the encoder."""
+    import torch
+
+    device, dtype = model.device, next(model.parameters()).dtype
+    labels = collate_labels([clips.labels[i] for i in idx]).to(device)
+    if cache is not None:
+        hidden = cache.batch(idx, clips, model.get_encoder(), device, dtype)
+        return model(encoder_outputs=(hidden,), labels=labels).loss
+    rng = np.random.default_rng([cfg.seed, step, idx[0]])  # augmentation draws depend on position only
+    features = clips.features(idx, rng, cfg.speed_perturb or (), cfg.noise_snr).to(device, dtype)
+    return model(input_features=features, labels=labels).loss
+
+
+def evaluate(whisper, eval_set: dict, batch_size: int) -> dict:
+    """Error rate of real decoding (generate) on one set; clips are grouped by language for the prompt."""
+    from ..metrics.score import score_corpus
+    from ..transcribe import transcribe_batch
+
+    was_training = whisper.model.training
+    whisper.model.eval()
+    gen = whisper.model.generation_config
+    saved = gen.max_new_tokens, gen.max_length
+    gen.max_new_tokens, gen.max_length = None, eval_set["max_new_tokens"] + 4  # + the prompt tokens
+    hyps = [""] * len(eval_set["wavs"])
+    for lang in sorted(set(eval_set["languages"]), key=str):
+        idx = [i for i, l in enumerate(eval_set["languages"]) if l == lang]
+        for i, text in zip(idx, transcribe_batch(whisper, [eval_set["wavs"][i] for i in idx], lang, batch_size)):
+            hyps[i] = text
+    whisper.model.train(was_training)
+    gen.max_new_tokens, gen.max_length = saved
+    s = score_corpus(eval_set["refs"], hyps, language=[l or "en" for l in eval_set["languages"]])
+    return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}
+
+
+def run_evals(whisper, step, evals, cfg, state, log) -> dict:
+    t = time.time()
+    rec = {"step": step}
+    for name, es in evals.items():
+        r = evaluate(whisper, es, cfg.eval_batch_size)
+        rec[name], rec["metric" if name == "valid" else f"{name}_metric"] = r["error_rate"], r["metric"]
+    base = state["evals"][0] if state["evals"] else rec
+    rec["guard_ok"] = rec.get("guard") is None or rec["guard"] <= base["guard"] + cfg.guard_threshold / 100
+    rec["eval_s"] = round(time.time() - t, 2)
+    state["evals"].append(rec)
+    log(dict(rec, event="eval"))
+    return rec
+
+
+def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, accelerator, total_steps: int,
+               progress: bool = True) -> dict:
+    import torch
+    from transformers import get_scheduler
+
+    ckdir = out / "checkpoints"
+    checkpoint.sweep(ckdir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    # AdamW; biases and norms get no weight decay, as in every transformer recipe.
+    decay, no_decay = [], []
+    for n, p in hf_model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(hf_model, optimizer)
+
+    state = {"step": 0, "epoch": 0, "group": 0, "evals": [], "best": None, "best_any": None, "bad_evals": 0,
+             "samples": 0, "train_s": 0.0, "stopped": None}
+    last = checkpoint.latest(ckdir)
+    if last is not None:
+        weights, trainer = checkpoint.load(last)
+        checkpoint.load_weights(hf_model, weights)
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        state = trainer["state"]
+        checkpoint.set_rng_state(trainer["rng"])
+        accelerator.print(f"resuming from {last} (step {state['step']} of {total_steps})")
+
+    log_file = open(out / "train_log.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
+    tb = None
+    if accelerator.is_main_process and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(str(out / "tensorboard"))
+
+    def log(rec: dict) -> None:
+        if log_file:
+            log_file.write(json.dumps(rec) + "\n")
+            log_file.flush()
+        if tb:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    tb.add_scalar(f"{rec.get('event', 'train')}/{k}", v, rec["step"])
+
+    def save(step: int) -> None:
+        if accelerator.is_main_process:
+            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+                       "rng": checkpoint.rng_state()}
+            checkpoint.save(ckdir, step, checkpoint.trainable_state(hf_model), trainer)
+            keep = {s for s in (state["best"], state["best_any"]) if s is not None}
+            checkpoint.prune(ckdir, cfg.keep_checkpoints, keep)
+        accelerator.wait_for_everyone()
+
+    if not state["evals"] and evals:  # the base model's scores: what every later eval is compared with
+        rec = run_evals(whisper, 0, evals, cfg, state, log)
+        accelerator.print(f"base model: {_fmt(rec)}")
+
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=state["step"], desc=f"train ({cfg.mode})", unit="step")
+    model.train()
+    t0, samples0 = time.time(), state["samples"]
+    eval_every = cfg.eval_every or max(1, math.ceil(len(clips) / (cfg.batch_size * cfg.grad_accum * world)))
+    try:
+        while state["step"] < total_steps and not state["stopped"]:
+            batches = batch_order(clips.durations, cfg.batch_size, cfg.seed, state["epoch"])
+            groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+            groups = groups[: len(groups) // world * world or len(groups)][rank::world]
+            while state["group"] < len(groups) and state["step"] < total_steps:
+                group = groups[state["group"]]
+                n = sum(len(b) for b in group)
+                total_loss = 0.0
+                for k, idx in enumerate(group):
+                    # Only the last micro-batch of a step needs DDP's gradient all-reduce.
+                    ctx = accelerator.no_sync(model) if k < len(group) - 1 else _nullcontext()
+                    with ctx:
+                        loss = compute_loss(model, clips, idx, cache, cfg, state["step"])
+                        if not torch.isfinite(loss):
+                            raise _diverged(loss, state, ckdir, scheduler)
+                        accelerator.backward(loss * len(idx) / n)
+                    total_loss += loss.item() * len(idx) / n
+                if cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["group"] += 1
+                state["step"] += 1
+                state["samples"] += n * world
+                step = state["step"]
+                elapsed = state["train_s"] + time.time() - t0
+                sps = (state["samples"] - samples0) / max(time.time() - t0, 1e-9)
+                lr = scheduler.get_last_lr()[0]
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
+                if step % cfg.log_every == 0 or step == 1:
+                    log({"event": "train", "step": step, "epoch": state["epoch"], "loss": total_loss, "lr": lr,
+                         "samples_per_s": sps, "elapsed_s": elapsed})
+                if evals and (step % eval_every == 0 or step == total_steps):
+                    rec = run_evals(whisper, step, evals, cfg, state, log)
+                    _select(state, rec, cfg)
+                    if bar:
+                        bar.write(f"step {step}: {_fmt(rec)}")
+                    if cfg.patience and state["bad_evals"] >= cfg.patience:
+                        state["stopped"] = f"early stop: no better {rec['metric'].upper()} in {cfg.patience} evals"
+                    state["train_s"], t0, samples0 = elapsed, time.time(), state["samples"]
+                    save(step)
+                elif cfg.save_every and step % cfg.save_every == 0:
+                    state["train_s"], t0, samples0 = elapsed, time.time(), state["samples"]
+                    save(step)
+                after_step(step)
+                if state["stopped"]:
+                    break
+            else:
+                state["epoch"] += 1
+                state["group"] = 0
+        state["train_s"] += time.time() - t0
+        if state["step"] and (checkpoint.latest(ckdir) is None or checkpoint.steps(ckdir)[-1] != state["step"]):
+            save(state["step"])
+    finally:
+        if bar:
+            bar.close()
+        if log_file:
+            log_file.close()
+        if tb:
+            tb.close()
+    return state
+
+
+def after_step(step: int) -> None:
+    """Hook called after every optimizer step (tests use it to interrupt a run at a known point)."""
+
+
+def _select(state: dict, rec: dict, cfg) -> None:
+    """Best = lowest valid error among evals whose guard stayed within the threshold of the base model's."""
+    by_step = {e["step"]: e for e in state["evals"]}
+    if state["best_any"] is None or rec["valid"] < by_step[state["best_any"]]["valid"]:
+        state["best_any"] = rec["step"]
+    if rec["guard_ok"] and (state["best"] is None or rec["valid"] < by_step[state["best"]]["valid"]):
+        state["best"] = rec["step"]
+        state["bad_evals"] = 0
+    else:
+        state["bad_evals"] += 1
+
+
+def _fmt(rec: dict) -> str:
+    s = f"valid {rec['metric'].upper()} {rec['valid']:.2%}"
+    if rec.get("guard") is not None:
+        s += f", guard {rec['guard_metric'].upper()} {rec['guard']:.2%}" + ("" if rec["guard_ok"] else " (worse than base)")
+    return s
+
+
+def _diverged(loss, state, ckdir: Path, scheduler) -> TrainingDiverged:
+    good = checkpoint.latest(ckdir)
+    kept = f"the last good checkpoint is {good}" if good else "no checkpoint had been written yet"
+    return TrainingDiverged(
+        f"loss became {loss.item()} at step {state['step'] + 1} (lr {scheduler.get_last_lr()[0]:.2e}); "
+        f"training stopped, {kept}",
+        "lower --lr, keep --max-grad-norm on, or train in fp32 (--precision no); re-running resumes from it")
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

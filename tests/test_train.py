@@ -1,0 +1,281 @@
+"""Training on a tiny random Whisper: every mode learns, resume is exact, checkpoints survive failures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speechtune.errors import SpeechtuneError
+
+SENTENCES = ["the patient takes metoprolol", "give him warfarin daily", "stop the lisinopril now",
+             "she needs atorvastatin", "one dose of omeprazole", "check the amlodipine level",
+             "no more metformin today", "a tablet of sertraline"]
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A prepared folder in the DESIGN layout: 8 synthesized train clips, 2 valid."""
+    from speechtune.audio import write_wav
+    from speechtune.synth import speak
+
+    d = tmp_path_factory.mktemp("prepared")
+    (d / "audio").mkdir()
+    rows = []
+    for i, text in enumerate(SENTENCES):
+        wav = speak(text, "en")
+        write_wav(d / "audio" / f"{i}.wav", wav)
+        rows.append({"audio": f"audio/{i}.wav", "text": text, "duration": len(wav) / 16000, "speaker": None,
+                     "language": "en", "source": f"s:{i}"})
+    _write_manifest(d / "train.jsonl", rows)
+    _write_manifest(d / "valid.jsonl", rows[:2])
+    return d
+
+
+def _cfg(model_dir, data, out, **kw):
+    from speechtune.train.recipe import TrainConfig
+    base = dict(model=str(model_dir), data=str(data), out=str(out), batch_size=4, max_steps=6, lr=1e-3,
+                warmup_ratio=0.0, eval_every=3, eval_batch_size=2, tensorboard=False, log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(l)["loss"] for l in (out / "train_log.jsonl").read_text().splitlines()
+            if json.loads(l)["event"] == "train"]
+
+
+@pytest.mark.parametrize("mode", ["full", "freeze-encoder", "lora"])
+def test_each_mode_trains_and_loss_falls(tiny_whisper_dir, prepared, tmp_path, mode):
+    from transformers import WhisperForConditionalGeneration
+
+    from speechtune.train.recipe import train
+
+    # Full-batch steps on 8 clips: the loss of a model that learns must fall.
+    lr = {"full": 1e-3, "freeze-encoder": 2e-3, "lora": 1e-2}[mode]
+    out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "out", mode=mode, batch_size=8, max_steps=8, lr=lr,
+                     eval_every=8), progress=False)
+    losses = _losses(out)
+    assert len(losses) == 8
+    assert losses[-1] < losses[0] - 0.5 and losses[-1] < min(losses[:4]), losses
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 8 and summary["mode"] == mode and summary["best_step"] == 8
+    assert [e["step"] for e in summary["evals"]] == [0, 8]
+    assert (out / "train_config.yaml").is_file()
+    for name in ("model.safetensors", "config.json", "generation_config.json", "preprocessor_config.json",
+                 "tokenizer.json"):
+        assert (out / name).is_file(), name
+    model = WhisperForConditionalGeneration.from_pretrained(out)  # loads as a plain HF model, offline
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    enc_same = all(np.array_equal(a.detach().numpy(), b.detach().numpy()) for a, b in
+                   zip(model.model.encoder.parameters(), base.model.encoder.parameters()))
+    dec_same = all(np.array_equal(a.detach().numpy(), b.detach().numpy()) for a, b in
+                   zip(model.model.decoder.parameters(), base.model.decoder.parameters()))
+    assert enc_same == (mode != "full")  # lora adapters default to the decoder only
+    assert not dec_same
+    if mode == "lora":
+        assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_labels_have_prefix_and_match_hf_shift(tiny_multilingual_dir):
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from speechtune.models.whisper import prefix_ids
+    from speechtune.train.data import collate_labels, label_ids
+
+    proc = WhisperProcessor.from_pretrained(tiny_multilingual_dir)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_multilingual_dir)
+    gen = model.generation_config
+    ids = label_ids(proc.tokenizer, gen, "hello world", "de", 448)
+    prefix = prefix_ids(gen, "de")
+    assert ids[: len(prefix) - 1] == prefix[1:] and ids[-1] == gen.eos_token_id
+    assert proc.tokenizer.decode(ids, skip_special_tokens=True).strip() == "hello world"
+    labels = collate_labels([ids, ids[:4]])
+    assert labels[1, 4:].eq(-100).all()
+    # The decoder input HF builds from labels starts with the full prefix.
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+    dec = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
+    assert dec[0, : len(prefix)].tolist() == prefix
+    with pytest.raises(SpeechtuneError, match="unknown language"):
+        label_ids(proc.tokenizer, gen, "x", "xx", 448)
+    del torch
+
+
+def test_multilingual_language_from_manifest_or_flag(tiny_multilingual_dir, prepared, tmp_path):
+    from speechtune.train.recipe import train
+
+    d = tmp_path / "data"
+    d.mkdir()
+    rows = [json.loads(l) for l in (prepared / "train.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["audio"] = str(prepared / r["audio"])
+        r["language"] = None
+    _write_manifest(d / "train.jsonl", rows)
+    with pytest.raises(SpeechtuneError, match="no language"):
+        train(_cfg(tiny_multilingual_dir, d, tmp_path / "a", max_steps=1), progress=False)
+    out = train(_cfg(tiny_multilingual_dir, d, tmp_path / "b", max_steps=2, eval_every=2, language="en"),
+                progress=False)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["eval_on"] == "train-slice"  # no valid.jsonl here
+
+
+def _weights(out: Path) -> dict:
+    from safetensors.numpy import load_file
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_resume_gives_the_same_weights(tiny_whisper_dir, prepared, tmp_path, monkeypatch):
+    from speechtune.train import loop
+    from speechtune.train.recipe import train
+
+    # full mode with dropout so the restored RNG state matters too
+    kw = dict(mode="full", max_steps=6, eval_every=3, batch_size=3, grad_accum=2, lr=1e-3, warmup_ratio=0.3)
+    ref = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "ref", **kw), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step):
+        if step == 4:
+            raise Killed
+    monkeypatch.setattr(loop, "after_step", kill_at_4)
+    with pytest.raises(Killed):
+        train(_cfg(tiny_whisper_dir, prepared, tmp_path / "run", **kw), progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    monkeypatch.undo()
+    with pytest.raises(SpeechtuneError, match="different options"):
+        train(_cfg(tiny_whisper_dir, prepared, tmp_path / "run", **dict(kw, lr=2e-3)), progress=False)
+    out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "run", resume=True, **kw), progress=False)
+    a, b = _weights(ref), _weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    steps = [json.loads(l)["step"] for l in (out / "train_log.jsonl").read_text().splitlines()
+             if json.loads(l)["event"] == "train"]
+    assert steps == [1, 2, 3, 4, 4, 5, 6]  # step 4 ran, was lost with the kill, and ran again from step 3
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    import torch
+
+    from speechtune.train import checkpoint
+
+    root = tmp_path / "ck"
+    checkpoint.save(root, 1, {"w": torch.ones(3)}, {"state": {"step": 1}})
+
+    def broken(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(root, 2, {"w": torch.zeros(3)}, {"state": {"step": 2}})
+    monkeypatch.undo()
+    assert checkpoint.steps(root) == [1]
+    assert [p.name for p in root.iterdir()] == ["step-000001"]
+    weights, trainer = checkpoint.load(checkpoint.latest(root))
+    assert torch.equal(weights["w"], torch.ones(3)) and trainer["state"]["step"] == 1
+    # A leftover temporary folder (kill -9 mid-save) is ignored and swept.
+    (root / ".step-000003.tmp123").mkdir()
+    assert checkpoint.latest(root).name == "step-000001"
+    checkpoint.sweep(root)
+    assert [p.name for p in root.iterdir()] == ["step-000001"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_whisper_dir, prepared, tmp_path, monkeypatch):
+    import torch
+
+    from speechtune.train import loop
+    from speechtune.train.recipe import train
+
+    real = loop.compute_loss
+
+    def poisoned(model, clips, idx, cache, cfg, step):
+        loss = real(model, clips, idx, cache, cfg, step)
+        return loss * float("nan") if step >= 4 else loss
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    out = tmp_path / "out"
+    with pytest.raises(loop.TrainingDiverged, match=r"loss became nan at step 5.*step-000003") as e:
+        train(_cfg(tiny_whisper_dir, prepared, out, max_steps=8, eval_every=3), progress=False)
+    assert e.value.hint and "--lr" in e.value.hint
+    from speechtune.train import checkpoint
+    assert checkpoint.steps(out / "checkpoints") == [3]
+    weights, trainer = checkpoint.load(out / "checkpoints" / "step-000003")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (out / "model.safetensors").exists()
+
+
+def test_lora_merged_model_equals_adapter_on_base(tiny_whisper_dir, prepared, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    from speechtune.train.recipe import train
+
+    out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "out", mode="lora", lora_encoder=True, max_steps=3,
+                     lr=1e-2, eval_every=3), progress=False)
+    merged = WhisperForConditionalGeneration.from_pretrained(out).eval()
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
+    torch.manual_seed(0)
+    feats = torch.randn(2, 80, 3000)
+    dec = torch.tensor([[50257, 50362, 400, 1332], [50257, 50362, 11, 13]])
+    with torch.no_grad():
+        a = merged(input_features=feats, decoder_input_ids=dec).logits
+        b = adapted(input_features=feats, decoder_input_ids=dec).logits
+        plain = base.get_base_model()(input_features=feats, decoder_input_ids=dec).logits if hasattr(base, "get_base_model") else None
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with adapted.disable_adapter(), torch.no_grad():
+        c = adapted(input_features=feats, decoder_input_ids=dec).logits
+    assert not torch.allclose(a, c, atol=1e-4)  # the adapter changed something
+    del plain
+
+
+def test_guard_threshold_picks_the_checkpoint(monkeypatch):
+    from speechtune.train.loop import _select
+
+    class C:
+        guard_threshold = 1.0
+    state = {"evals": [{"step": 0, "valid": 0.6, "guard": 0.10, "guard_ok": True}], "best": None, "best_any": None,
+             "bad_evals": 0}
+    for step, valid, guard in [(10, 0.3, 0.105), (20, 0.1, 0.20), (30, 0.2, 0.109)]:
+        rec = {"step": step, "valid": valid, "guard": guard, "guard_ok": guard <= 0.10 + 0.01}
+        state["evals"].append(rec)
+        _select(state, rec, C)
+    assert state["best"] == 30 and state["best_any"] == 20 and state["bad_evals"] == 0
+
+
+@pytest.mark.parametrize("case", ["missing_dir", "empty_train", "bad_yaml_key", "out_is_file", "bad_target"])
+def test_bad_input_names_the_problem(tiny_whisper_dir, prepared, tmp_path, case):
+    from speechtune.cli import main as cli_main
+    from speechtune.config import build_config
+    from speechtune.train.recipe import TrainConfig, train
+
+    if case == "missing_dir":
+        with pytest.raises(SpeechtuneError, match="nope"):
+            train(_cfg(tiny_whisper_dir, tmp_path / "nope", tmp_path / "o"))
+    elif case == "empty_train":
+        d = tmp_path / "d"
+        d.mkdir()
+        (d / "train.jsonl").write_text("")
+        with pytest.raises(SpeechtuneError, match="train.jsonl"):
+            train(_cfg(tiny_whisper_dir, d, tmp_path / "o"))
+    elif case == "bad_yaml_key":
+        y = tmp_path / "t.yaml"
+        y.write_text("lr: 1e-5\nlearning_rat: 3\n")
+        with pytest.raises(SpeechtuneError, match="learning_rat"):
+            build_config(TrainConfig, y, {})
+        assert cli_main(["train", "--config", str(y), "--data", str(prepared), "--out", str(tmp_path / "o")]) == 2
+    elif case == "out_is_file":
+        f = tmp_path / "file"
+        f.write_text("x")
+        with pytest.raises(SpeechtuneError, match="is a file"):
+            train(_cfg(tiny_whisper_dir, prepared, f))
+    else:
+        with pytest.raises(SpeechtuneError, match="lora_targets"):
+            train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o", mode="lora", lora_targets=["qkv"]))
