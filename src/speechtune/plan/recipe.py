@@ -1,0 +1,158 @@
+"""Predict GPU memory, time and cost of a fine-tuning run from the model's architecture.
+
+Memory comes from the real module tree and layer shapes (weights, gradients of what trains, optimizer states,
+activations kept for backward, CUDA overhead); time from FLOPs per step and each GPU's peak FLOP/s at an
+assumed utilisation, which --calibrate replaces with one measured by running real steps here.
+
+  speechtune estimate --model small --mode lora --batch-size 16 --dataset-hours 10 --epochs 3
+  speechtune estimate --model ./my-whisper --mode full --batch-size 8 --gpu A10 --calibrate --json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from ..config import add_dataclass_args, build_config
+from ..errors import SpeechtuneError
+
+
+@dataclass
+class EstimateConfig:
+    model: str | None = field(default=None, metadata={"help": "catalog name (tiny, small, large-v3, "
+                                                      "wav2vec2-base, ...) or a model spec/folder"})
+    mode: str = field(default="full", metadata={"choices": ["full", "freeze-encoder", "lora"],
+                                                "help": "what trains"})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+                                    metadata={"help": "linears that get LoRA adapters, in every attention"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    batch_size: int = field(default=8, metadata={"help": "clips per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    precision: str = field(default="bf16", metadata={"choices": ["fp32", "bf16", "fp16"],
+                                                     "help": "bf16/fp16 = autocast mixed precision"})
+    optimizer: str = field(default="adamw", metadata={"choices": ["adamw", "adamw-8bit"]})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute layer activations in backward"})
+    audio_seconds: float = field(default=30.0, metadata={"help": "encoder input length (Whisper pads to 30)"})
+    label_tokens: int = field(default=448, metadata={"help": "decoder/label length of the longest batch"})
+    dataset_hours: float | None = field(default=None, metadata={"help": "hours of training audio"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
+    clip_seconds: float = field(default=5.0, metadata={"help": "average clip length (for the clip count)"})
+    gpu: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "GPU names from the catalog, or all"})
+    utilisation: float | None = field(default=None, metadata={"help": "fraction of peak FLOP/s reached "
+                                                              "(default by model width: 0.15-0.35)"})
+    price: list[str] = field(default_factory=list, metadata={"help": "override $/h, e.g. A10=0.60 H100=2.10"})
+    calibrate: bool = field(default=False, metadata={"help": "run a few real steps here to measure speed"})
+    calibrate_steps: int = field(default=3, metadata={"help": "timed steps for --calibrate"})
+    json: bool = field(default=False, metadata={"help": "print JSON instead of tables"})
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML file with any of these options")
+    add_dataclass_args(parser, EstimateConfig)
+
+
+def _prices(items: list[str]) -> dict:
+    from .catalog import find_gpu
+    out = {}
+    for item in items:
+        name, _, usd = item.partition("=")
+        g = find_gpu(name)
+        try:
+            value = float(usd)
+        except ValueError:
+            value = None
+        if g is None or value is None or value < 0:
+            raise SpeechtuneError(f"--price {item!r}: expected GPU=USD_PER_HOUR with a catalog GPU",
+                                  "e.g. --price A10=0.60")
+        out[g.name] = value
+    return out
+
+
+def run(cfg: EstimateConfig):
+    from .estimate import calibrate, estimate
+    if not cfg.model:
+        raise SpeechtuneError("--model is required", "a catalog name like small or large-v3, or a model folder")
+    gpus = None if [g.lower() for g in cfg.gpu] == ["all"] else cfg.gpu
+    if cfg.utilisation is not None and not 0 < cfg.utilisation <= 1:
+        raise SpeechtuneError("--utilisation must be in (0, 1]")
+    common = dict(grad_accum=cfg.grad_accum, precision=cfg.precision, optimizer=cfg.optimizer,
+                  grad_checkpointing=cfg.grad_checkpointing, lora_rank=cfg.lora_rank,
+                  lora_targets=tuple(cfg.lora_targets), lora_dropout=cfg.lora_dropout,
+                  audio_seconds=cfg.audio_seconds, label_tokens=cfg.label_tokens)
+    cal = None
+    if cfg.calibrate:
+        import torch
+        precision = cfg.precision
+        if not torch.cuda.is_available() and precision == "fp16":
+            precision = "fp32"          # no fp16 autocast on CPU; the FLOP/s measured in fp32 is still useful
+        cal = calibrate(cfg.model, cfg.mode, cfg.batch_size, steps=cfg.calibrate_steps,
+                        **{**common, "precision": precision})
+    return estimate(cfg.model, cfg.mode, cfg.batch_size, **common, dataset_hours=cfg.dataset_hours,
+                    epochs=cfg.epochs, clip_seconds=cfg.clip_seconds, gpus=gpus, utilisation=cfg.utilisation,
+                    prices=_prices(cfg.price), calibration=cal)
+
+
+def _hours(h):
+    if h is None:
+        return "-"
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
+
+
+def render(est, console) -> None:
+    from rich.table import Table
+    from .estimate import GiB
+    m = est.memory
+    head = (f"[bold]{est.model}[/] ({est.family}, {est.params_total / 1e6:.1f}M parameters, "
+            f"{est.params_trainable / 1e6:.2f}M train) - {est.mode}"
+            f"{f' r={est.lora_rank}' if est.lora_rank else ''}, {est.precision}, {est.optimizer}, batch "
+            f"{est.batch_size}{f' x{est.grad_accum} accumulation' if est.grad_accum > 1 else ''}"
+            f"{', gradient checkpointing' if est.grad_checkpointing else ''}; audio {est.audio_seconds:g} s, "
+            f"{est.label_tokens} label tokens")
+    console.print(head)
+    mem = Table(title="GPU memory at the peak", title_justify="left", caption=f"peak during {m['peak_at']}",
+                caption_justify="left")
+    mem.add_column("component")
+    mem.add_column("GiB", justify="right")
+    for key, label in (("weights", "weights (fp32 master copy)"), ("gradients", "gradients alive at the peak"),
+                       ("optimizer", f"optimizer states ({est.optimizer})"),
+                       ("activations", "activations + temporaries"), ("overhead", "CUDA context + workspace")):
+        mem.add_row(label, f"{m[key] / GiB:.2f}")
+    mem.add_row("[bold]peak total[/]", f"[bold]{m['total'] / GiB:.2f}[/]")
+    console.print(mem)
+    t = Table(title="per GPU", title_justify="left")
+    for col in ("GPU", "memory GiB", "fits", "headroom GiB", "max batch", "s/step", "epoch", "total", "cost $",
+                "$/h"):
+        t.add_column(col, justify="left" if col in ("GPU", "fits") else "right")
+    for r in est.gpus:
+        colour = {"fits": "green", "tight": "yellow", "measured": "cyan"}.get(r.status, "red")
+        t.add_row(r.gpu, f"{r.memory_gib:.0f}" if r.memory_gib else "-", f"[{colour}]{r.status}[/]",
+                  f"{r.headroom_gib:.1f}" if r.memory_gib and r.step_seconds else "-",
+                  str(r.max_batch) if r.memory_gib and r.step_seconds else "-",
+                  f"{r.step_seconds:.3g}" if r.step_seconds else "-", _hours(r.epoch_hours),
+                  _hours(r.total_hours), f"{r.cost_usd:.2f}" if r.cost_usd is not None else "-",
+                  f"{r.usd_per_hour:.2f}" if r.memory_gib else "-")
+    console.print(t)
+    if est.calibration:
+        c = est.calibration
+        meas = c.get("measured_peak_bytes")
+        line = f"calibration on {c['device']}: {c['step_seconds']:.2f} s/step, {c['achieved_flops'] / 1e12:.3g} TFLOP/s"
+        if meas:
+            line += (f"; memory above the weights measured {meas / GiB:.2f} GiB vs predicted "
+                     f"{c['predicted_peak_bytes'] / GiB:.2f} GiB (for that device)")
+        console.print(line)
+    console.print(f"[bold]recommendation:[/] {est.recommendation}")
+    for note in est.notes:
+        console.print(f"  note: {note}")
+
+
+def main(args) -> int:
+    cfg = build_config(EstimateConfig, getattr(args, "config", None), args)
+    est = run(cfg)
+    if cfg.json:
+        json.dump(est.to_dict(), sys.stdout, indent=2)
+        print()
+        return 0
+    from rich.console import Console
+    render(est, Console())
+    return 0

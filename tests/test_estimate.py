@@ -1,0 +1,254 @@
+"""speechtune estimate: parameter counts from the real module tree, memory arithmetic, saved activations
+checked against what autograd really keeps, CLI output."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from speechtune.cli import main as cli_main
+from speechtune.plan import catalog
+from speechtune.plan.estimate import (CUDA_OVERHEAD, GiB, Setup, calibrate, estimate, format_summary, memory,
+                                      model_info, step_blocks, trainable_by_block)
+
+CLASSES = {"whisper": (transformers.WhisperConfig, transformers.WhisperForConditionalGeneration),
+           "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2ForCTC),
+           "hubert": (transformers.HubertConfig, transformers.HubertForCTC)}
+# Published sizes (openai/whisper README, wav2vec 2.0 and HuBERT papers), in millions: the catalog configs
+# must describe those models, not just any model.
+PUBLISHED_M = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large-v3": 1550, "large-v3-turbo": 809,
+               "wav2vec2-base": 95, "wav2vec2-large": 317, "hubert-base": 95, "hubert-large": 316}
+
+
+@pytest.mark.parametrize("name", list(catalog.ARCHITECTURES))
+def test_parameter_count_is_the_real_module_tree(name):
+    arch = catalog.ARCHITECTURES[name]
+    cfg_cls, model_cls = CLASSES[arch.model_type]
+    with torch.device("meta"):
+        module = model_cls(cfg_cls(**arch.config))
+    real = sum(p.numel() for p in module.parameters())
+    est = estimate(name, "full", 1, recommend=False, gpus=["A10"])
+    assert est.params_total == real
+    assert est.params_trainable == sum(p.numel() for p in module.parameters() if p.requires_grad)
+    published = PUBLISHED_M.get(name.removesuffix(".en"))
+    assert abs(real / 1e6 - published) / published < 0.04, (name, real)
+
+
+def _tiny_whisper_config():
+    return transformers.WhisperConfig(vocab_size=500, num_mel_bins=80, d_model=64, encoder_layers=2,
+                                      decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                      encoder_ffn_dim=256, decoder_ffn_dim=256, max_source_positions=1500,
+                                      max_target_positions=64, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+                                      decoder_start_token_id=1)
+
+
+def _saved_bytes(model, forward):
+    """Bytes autograd keeps for backward (each storage once), parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    return sum(seen.values()), out
+
+
+def _prepare(model, mode, family="whisper"):
+    if mode == "freeze-encoder" and family == "whisper":
+        model.model.encoder.requires_grad_(False)
+    elif mode != "full" and family == "ctc":
+        model.freeze_feature_encoder()
+    if mode == "lora":
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    return model
+
+
+@pytest.mark.parametrize("mode,precision", [("full", "fp32"), ("freeze-encoder", "fp32"), ("lora", "fp32"),
+                                            ("full", "bf16"), ("lora", "bf16")])
+def test_whisper_saved_activations_match_autograd(mode, precision):
+    """The layer-shape arithmetic agrees with what autograd really saves, per mode and precision (CPU, SDPA;
+    CPU autocast keeps layer norm and log-softmax in fp32 and casts each linear's input, as CUDA does)."""
+    torch.manual_seed(0)
+    cfg = _tiny_whisper_config()
+    B, L = 2, 12
+    model = _prepare(transformers.WhisperForConditionalGeneration(cfg).train(), mode)
+    feats = torch.randn(B, 80, 3000)
+    labels = torch.randint(2, 500, (B, L))
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model(input_features=feats, labels=labels, use_cache=False)
+
+    saved, out = _saved_bytes(model, forward)
+    s = Setup(mode=mode, batch_size=B, precision=precision, label_tokens=L, device="cpu", lora_rank=4)
+    blocks, persistent = step_blocks(model_info(cfg), s)
+    predicted = sum(b.act for b in blocks)
+    if precision == "bf16":
+        # the fp32 encoder output: held by the model output (counted), but autograd keeps only bf16 copies
+        predicted -= B * 1500 * 64 * 4
+    assert predicted == pytest.approx(saved, rel=0.01)
+    # trainable parameters: the module tree after freezing / PEFT
+    real_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(trainable_by_block(model_info(cfg), s).values()) == real_trainable
+    out.loss.backward()
+
+
+@pytest.mark.parametrize("mode", ["full", "freeze-encoder", "lora"])
+def test_ctc_saved_activations_match_autograd(mode):
+    torch.manual_seed(0)
+    cfg = transformers.Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=128, conv_dim=(32,) * 7, vocab_size=20,
+                                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                      hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                                      final_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0,
+                                      mask_time_prob=0.0, do_stable_layer_norm=(mode == "lora"),
+                                      feat_extract_norm="layer" if mode == "lora" else "group")
+    B, seconds = 2, 2.0
+    model = _prepare(transformers.Wav2Vec2ForCTC(cfg).train(), mode, "ctc")
+    audio = torch.randn(B, int(seconds * 16000))
+    labels = torch.randint(1, 20, (B, 10))
+    saved, out = _saved_bytes(model, lambda: model(input_values=audio, labels=labels))
+    s = Setup(mode=mode, batch_size=B, precision="fp32", label_tokens=10, device="cpu", lora_rank=4,
+              audio_seconds=seconds)
+    blocks, _ = step_blocks(model_info(cfg), s)
+    assert sum(b.act for b in blocks) == pytest.approx(saved, rel=0.01)
+    assert sum(trainable_by_block(model_info(cfg), s).values()) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_memory_arithmetic_by_hand():
+    info = model_info("tiny.en")
+    n = info.total
+    fp32 = memory(info, Setup(mode="full", batch_size=1, precision="fp32", device="cpu"))
+    assert fp32["weights"] == n * 4
+    n_train = n - 1500 * 384                      # Whisper's sinusoidal encoder positions do not train
+    assert fp32["trainable_params"] == n_train
+    assert fp32["optimizer"] == n_train * 8        # AdamW: two fp32 moments
+    assert fp32["gradients_all"] == n_train * 4
+    assert fp32["overhead"] == 0
+    assert fp32["total"] == pytest.approx(sum(fp32[k] for k in ("weights", "gradients", "optimizer",
+                                                                 "activations", "overhead")))
+    eight = memory(info, Setup(mode="full", batch_size=1, precision="fp32", optimizer="adamw-8bit"))
+    assert eight["optimizer"] == pytest.approx(n_train * (2 + 8 / 256))
+    assert eight["overhead"] == CUDA_OVERHEAD
+    # LM head at batch 1, 448 labels: log-softmax output kept in fp32, 448 x 51864 x 4 bytes
+    blocks, persistent = step_blocks(info, Setup(mode="lora", batch_size=1, precision="fp32", label_tokens=448))
+    assert blocks[-1].act == 448 * 51864 * 4
+    assert persistent == 448 * 51864 * 4         # the logits the model output holds
+
+
+def test_memory_moves_the_right_way():
+    info = model_info("small")
+    base = dict(batch_size=8, label_tokens=128)
+    full = memory(info, Setup(mode="full", **base))
+    assert memory(info, Setup(mode="full", grad_checkpointing=True, **base))["activations"] < full["activations"] / 3
+    # autocast halves matmul outputs, but layer norms and the residual stream stay fp32 and every linear
+    # keeps its own bf16 copy of its input
+    assert memory(info, Setup(mode="full", precision="fp32", **base))["activations"] > 1.25 * full["activations"]
+    lora = memory(info, Setup(mode="lora", **base))
+    assert lora["optimizer"] < full["optimizer"] / 50
+    assert lora["activations"] < full["activations"]
+    frozen = memory(info, Setup(mode="freeze-encoder", **base))
+    assert frozen["activations"] < lora["activations"]
+    double = memory(info, Setup(mode="full", batch_size=16, label_tokens=128))
+    assert double["activations"] == pytest.approx(2 * full["activations"], rel=0.1)
+    accum = memory(info, Setup(mode="full", grad_accum=4, **base))
+    assert accum["gradients"] == accum["gradients_all"]
+
+
+def test_flops_and_time_scale():
+    a = estimate("small", "full", 8, gpus=["A100-80GB"], recommend=False)
+    b = estimate("small", "full", 16, gpus=["A100-80GB"], recommend=False)
+    assert b.flops_per_step == pytest.approx(2 * a.flops_per_step, rel=0.01)
+    lora = estimate("small", "lora", 8, gpus=["A100-80GB"], recommend=False)
+    frozen = estimate("small", "freeze-encoder", 8, gpus=["A100-80GB"], recommend=False)
+    assert frozen.flops_per_step < lora.flops_per_step < a.flops_per_step
+    # 2 x params x tokens forward, x3 with backward: the encoder dominates, 1500 tokens per clip
+    enc_params = 12 * (4 * 768 * 768 + 2 * 768 * 3072)
+    assert a.flops_per_step > 3 * 2 * enc_params * 1500 * 8
+    row = a.gpus[0]
+    assert row.step_seconds == pytest.approx(a.flops_per_step / (312e12 * a.utilisation))
+
+
+def test_dataset_time_cost_and_recommendation():
+    est = estimate("base", "full", 16, dataset_hours=10, epochs=3, clip_seconds=5, prices={"A10": 1.0})
+    assert est.clips_per_epoch == 7200
+    a10 = next(r for r in est.gpus if r.gpu == "A10")
+    assert a10.epoch_hours == pytest.approx(450 * a10.step_seconds / 3600)
+    assert a10.total_hours == pytest.approx(3 * a10.epoch_hours)
+    assert a10.cost_usd == pytest.approx(a10.total_hours * 1.0)
+    t4 = next(r for r in est.gpus if r.gpu == "T4")
+    assert t4.status == "no bf16"
+    fitting = [r for r in est.gpus if r.status == "fits"]
+    cheapest = min(fitting, key=lambda r: (r.cost_usd, r.total_hours))
+    assert est.recommendation.startswith(cheapest.gpu)
+    assert "$" in est.recommendation and "batch 16" in est.recommendation
+    big = estimate("large-v3", "full", 64, precision="fp32", label_tokens=448)
+    assert all(r.status != "fits" for r in big.gpus)
+    assert big.recommendation.startswith("nothing in the list fits as asked")
+
+
+def test_max_batch_is_the_largest_that_fits():
+    est = estimate("small", "full", 8, gpus=["A10"])
+    row = est.gpus[0]
+    budget = row.memory_gib * GiB * 0.92
+    info = model_info("small")
+    assert memory(info, Setup(batch_size=row.max_batch))["total"] <= budget
+    assert memory(info, Setup(batch_size=row.max_batch + 1))["total"] > budget
+
+
+def test_loaded_model_and_config_give_the_same_estimate(tmp_path):
+    cfg = _tiny_whisper_config()
+    model = transformers.WhisperForConditionalGeneration(cfg)
+    model.save_pretrained(tmp_path)
+    from_model = estimate(model, "lora", 4, gpus=["L4"], label_tokens=32)
+    from_dir = estimate(str(tmp_path), "lora", 4, gpus=["L4"], label_tokens=32)
+    assert from_model.memory == from_dir.memory
+    assert from_model.params_total == sum(p.numel() for p in model.parameters())
+    text = format_summary(from_model)
+    assert "peak" in text and "warning" not in text
+    warn = format_summary(from_model, device_bytes=10 * 2**20)
+    assert "warning" in warn
+
+
+def test_calibrate_runs_real_steps_on_cpu():
+    cfg = _tiny_whisper_config()
+    res = calibrate(cfg, "freeze-encoder", 1, steps=1, device="cpu", precision="fp32", label_tokens=8,
+                    progress=False)
+    assert res["step_seconds"] > 0 and len(res["step_times"]) == 1
+    assert res["achieved_flops"] == pytest.approx(res["flops_per_step"] / res["step_seconds"])
+    est = estimate(cfg, "freeze-encoder", 1, precision="fp32", label_tokens=8, device="cpu", calibration=res,
+                   gpus=["A10"])
+    cpu_row = est.gpus[-1]
+    assert cpu_row.gpu == "this CPU" and cpu_row.step_seconds == pytest.approx(res["step_seconds"])
+
+
+def test_cli_json_and_table(capsys):
+    assert cli_main(["estimate", "--model", "tiny.en", "--mode", "lora", "--batch-size", "4", "--json",
+                     "--dataset-hours", "2", "--gpu", "A10", "L4"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["mode"] == "lora" and data["params_trainable"] < data["params_total"] / 50
+    assert [g["gpu"] for g in data["gpus"]] == ["A10", "L4"]
+    assert data["memory"]["total"] > data["memory"]["weights"]
+    assert data["recommendation"]
+    assert cli_main(["estimate", "--model", "small", "--batch-size", "8", "--price", "A10=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "peak total" in out and "recommendation" in out and "H100" in out
+
+
+def test_cli_user_mistakes_are_one_line(capsys, tmp_path):
+    assert cli_main(["estimate", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    assert cli_main(["estimate", "--model", "tiny", "--gpu", "B200"]) == 2
+    assert "unknown GPU" in capsys.readouterr().err
+    assert cli_main(["estimate", "--model", "tiny", "--price", "A10=cheap"]) == 2
+    assert cli_main(["estimate"]) == 2
