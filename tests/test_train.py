@@ -279,3 +279,50 @@ def test_bad_input_names_the_problem(tiny_whisper_dir, prepared, tmp_path, case)
     else:
         with pytest.raises(SpeechtuneError, match="lora_targets"):
             train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o", mode="lora", lora_targets=["qkv"]))
+
+
+DRUGS = ["metoprolol", "lisinopril", "atorvastatin", "amlodipine", "omeprazole", "levothyroxine",
+         "gabapentin", "hydrochlorothiazide", "montelukast", "escitalopram", "clopidogrel", "pantoprazole"]
+
+
+def _synth_split(sentences: list[str], d: Path, name: str, seed: int) -> None:
+    from speechtune.synth import synth_corpus
+
+    m = synth_corpus(sentences, d / name, progress=False, seed=seed)
+    rows = [json.loads(l) for l in m.read_text().splitlines()]
+    for r in rows:
+        r["audio"] = f"{name}/{r['audio']}"
+    _write_manifest(d / f"{name}.jsonl", rows)
+
+
+@pytest.mark.e2e
+def test_e2e_tiny_en_learns_drug_names(tmp_path):
+    """Real tiny.en mishears drug names ("metoprolol" -> "me to prong"); held-out sentences (new templates,
+    new pairs of drugs) must lose more than half their errors after a short freeze-encoder run."""
+    from speechtune.models import load_model
+    from speechtune.train.recipe import TrainConfig, train
+    from speechtune.transcribe import transcribe_batch
+    from speechtune.train.data import read_wav
+    from speechtune.metrics.score import score_corpus
+
+    templates = ["the patient takes {a} every morning", "please renew the {a} prescription",
+                 "we stopped {a} last week"]
+    held = ["switch from {a} to {b} tomorrow", "do not combine {a} with {b}"]
+    _synth_split([t.format(a=d) for d in DRUGS for t in templates], tmp_path / "data", "train", seed=1)
+    _synth_split([held[i % 2].format(a=DRUGS[i], b=DRUGS[(i + 5) % 12]) for i in range(0, 12, 3)]
+                 + [held[(i + 1) % 2].format(a=DRUGS[i], b=DRUGS[(i + 7) % 12]) for i in range(1, 12, 3)],
+                 tmp_path / "data", "valid", seed=2)
+    cfg = TrainConfig(model="tiny.en", data=str(tmp_path / "data"), out=str(tmp_path / "model"),
+                      mode="freeze-encoder", lr=1e-4, epochs=4, eval_every=1000, tensorboard=False)
+    out = train(cfg, progress=False)
+    summary = json.loads((out / "training_summary.json").read_text())
+    base, best = summary["base"]["valid"], summary["best"]["valid"]
+    assert base > 0.3, base  # the premise: tiny.en gets these wrong
+    assert best < base / 2, (base, best)
+    # The saved folder transcribes held-out clips as well as the in-training evaluation said.
+    rows = [json.loads(l) for l in (tmp_path / "data" / "valid.jsonl").read_text().splitlines()]
+    tuned = load_model(out, device="cpu")
+    hyps = transcribe_batch(tuned, [read_wav({"audio": str(tmp_path / "data" / r["audio"]), "source": r["audio"]})
+                                    for r in rows])
+    wer = score_corpus([r["text"] for r in rows], hyps, language="en")["error_rate"]
+    assert wer == pytest.approx(best, abs=0.02)

@@ -57,9 +57,9 @@ def evaluate(whisper, eval_set: dict, batch_size: int) -> dict:
     return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}
 
 
-def run_evals(whisper, step, evals, cfg, state, log) -> dict:
+def run_evals(whisper, step, evals, cfg, state, log, train_s: float = 0.0) -> dict:
     t = time.time()
-    rec = {"step": step}
+    rec = {"step": step, "train_s": round(train_s, 2)}
     for name, es in evals.items():
         r = evaluate(whisper, es, cfg.eval_batch_size)
         rec[name], rec["metric" if name == "valid" else f"{name}_metric"] = r["error_rate"], r["metric"]
@@ -175,8 +175,10 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
                     log({"event": "train", "step": step, "epoch": state["epoch"], "loss": total_loss, "lr": lr,
                          "samples_per_s": sps, "elapsed_s": elapsed})
                 if evals and (step % eval_every == 0 or step == total_steps):
-                    rec = run_evals(whisper, step, evals, cfg, state, log)
+                    rec = run_evals(whisper, step, evals, cfg, state, log, train_s=elapsed)
                     _select(state, rec, cfg)
+                    if cfg.stop_at and rec["valid"] <= cfg.stop_at and rec["guard_ok"]:
+                        state["stopped"] = f"reached valid {rec['metric'].upper()} {rec['valid']:.2%} <= {cfg.stop_at:.2%}"
                     if bar:
                         bar.write(f"step {step}: {_fmt(rec)}")
                     if cfg.patience and state["bad_evals"] >= cfg.patience:

@@ -69,6 +69,7 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"help": "steps between evaluations; 0 = once per epoch"})
     eval_max_clips: int = field(default=200, metadata={"help": "clips of valid (and guard) scored per evaluation"})
     eval_batch_size: int = field(default=16, metadata={"help": "clips per generate batch during evaluation"})
+    stop_at: float = field(default=0.0, metadata={"help": "stop once the valid error rate is at most this (e.g. 0.02), guard permitting; 0 = off"})
     patience: int = field(default=0, metadata={"help": "stop after N evaluations without a better valid score; 0 = off"})
     save_every: int = field(default=0, metadata={"help": "extra checkpoints every N steps between evaluations; 0 = at evaluations only"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept (the best one is always kept)"})
@@ -347,7 +348,7 @@ def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name
         "base": {k: base.get(k) for k in ("valid", "guard")} if base else None,
         "best": {k: best.get(k) for k in ("valid", "guard")} if best else None,
         "guard_ok": None if not cfg.guard else state["best"] is not None, "guard_note": guard_note,
-        "evals": [{k: e.get(k) for k in ("step", "valid", "guard", "guard_ok", "eval_s")} for e in evals],
+        "evals": [{k: e.get(k) for k in ("step", "train_s", "valid", "guard", "guard_ok", "eval_s")} for e in evals],
         "stopped": state["stopped"],
         "train_s": round(state["train_s"], 1), "wall_s": round(wall, 1),
         "samples_per_s": round(state["samples"] / max(state["train_s"], 1e-9), 2),

@@ -1,0 +1,192 @@
+"""Wall time to <= 2% held-out WER on a synthesized drug-name corpus, for four ways to fine-tune tiny.en.
+
+(a) the plain Hugging Face Seq2SeqTrainer recipe of the "fine-tune Whisper" blog (full fine-tune, every clip
+    padded to 30 s, lr 1e-5), (b) speechtune full, (c) speechtune freeze-encoder (encoder outputs cached),
+(d) speechtune lora (decoder adapters; encoder outputs cached). Every run is scored after each epoch with the
+same greedy decoding on the same held-out clips; the time reported is training time (evaluation excluded)
+until the first evaluation at or under the target. Runs that hit --budget-s stop there and report the WER
+they reached. With --guard, each final model is also scored on that general-speech manifest.
+
+  python benchmarks/train_speed.py --out /tmp/train_speed [--only c d] [--budget-s 600]
+      [--guard ../shared/realspeech/en.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DRUGS = ["metoprolol", "lisinopril", "atorvastatin", "amlodipine", "omeprazole", "levothyroxine",
+         "gabapentin", "hydrochlorothiazide", "montelukast", "escitalopram", "clopidogrel", "pantoprazole",
+         "rosuvastatin", "furosemide", "tamsulosin"]
+TRAIN = ["the patient takes {a} every morning", "please renew the {a} prescription", "we stopped {a} last week",
+         "start {a} at a low dose", "is she still on {a}", "he had a reaction to {a}",
+         "the pharmacy is out of {a}", "double the {a} from today", "{a} twice a day with food",
+         "write down {a} in the chart"]
+HELD = ["switch from {a} to {b} tomorrow", "do not combine {a} with {b}", "she takes {a} and {b} at night"]
+
+
+def build_corpus(d: Path) -> Path:
+    from speechtune.synth import synth_corpus
+
+    if (d / "valid.jsonl").is_file():
+        return d
+    held = [HELD[i % 3].format(a=DRUGS[i % 15], b=DRUGS[(i * 7 + 3) % 15]) for i in range(30)]
+    for name, sents, seed in [("train", [t.format(a=x) for x in DRUGS for t in TRAIN], 1), ("valid", held, 2)]:
+        m = synth_corpus(sents, d / name, seed=seed)
+        rows = [json.loads(l) for l in m.read_text().splitlines()]
+        for r in rows:
+            r["audio"] = f"{name}/{r['audio']}"
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def eval_set(manifest: Path, limit: int = 200):
+    from speechtune.manifest import read_manifest
+    from speechtune.train.data import read_wav
+
+    rows = read_manifest(manifest)[:limit]
+    return [read_wav(r) for r in rows], [r["text"] for r in rows]
+
+
+def score(model, processor, path, data) -> float:
+    from speechtune.metrics.score import score_corpus
+    from speechtune.models.registry import Whisper
+    from speechtune.transcribe import transcribe_batch
+
+    wavs, refs = data
+    model.eval()
+    hyps = transcribe_batch(Whisper(model, processor, path, False), wavs, None, 16)
+    model.train()
+    return score_corpus(refs, hyps, language="en")["error_rate"]
+
+
+def run_hf_trainer(data: Path, out: Path, target: float, budget: float) -> dict:
+    """The blog recipe, on CPU: features padded to 30 s, labels from the tokenizer, Seq2SeqTrainer."""
+    import torch
+    from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback,
+                              WhisperForConditionalGeneration, WhisperProcessor)
+
+    from speechtune.manifest import read_manifest
+    from speechtune.models import resolve_model
+    from speechtune.train.data import read_wav
+
+    path = resolve_model("tiny.en")
+    processor = WhisperProcessor.from_pretrained(path)
+    model = WhisperForConditionalGeneration.from_pretrained(path)
+    rows = read_manifest(data / "train.jsonl")
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            wav = read_wav(rows[i])
+            return {"input_features": processor.feature_extractor(wav, sampling_rate=16000).input_features[0],
+                    "labels": processor.tokenizer(rows[i]["text"]).input_ids}
+
+    def collate(features):  # DataCollatorSpeechSeq2SeqWithPadding from the blog
+        batch = processor.feature_extractor.pad([{"input_features": f["input_features"]} for f in features],
+                                                return_tensors="pt")
+        labels_batch = processor.tokenizer.pad([{"input_ids": f["labels"]} for f in features], return_tensors="pt")
+        labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+        if (labels[:, 0] == model.config.decoder_start_token_id).all().cpu().item():
+            labels = labels[:, 1:]
+        batch["labels"] = labels
+        return batch
+
+    valid = eval_set(data / "valid.jsonl")
+    log = {"evals": [], "train_s": 0.0}
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.t = time.time()
+
+        def on_epoch_end(self, args, state, control, **k):
+            log["train_s"] += time.time() - self.t
+            wer = score(model, processor, path, valid)
+            log["evals"].append({"epoch": round(state.epoch), "train_s": round(log["train_s"], 1), "valid": wer})
+            print(f"(a) epoch {state.epoch:.0f}: train {log['train_s']:.0f} s, WER {wer:.2%}", flush=True)
+            if wer <= target or log["train_s"] >= budget:
+                control.should_training_stop = True
+            self.t = time.time()
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out / "a"), per_device_train_batch_size=8, learning_rate=1e-5, warmup_ratio=0.1,
+        num_train_epochs=30, weight_decay=0.0, save_strategy="no", eval_strategy="no", logging_steps=10,
+        report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0)
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=DS(), data_collator=collate,
+                             callbacks=[Timer()])
+    trainer.train()
+    model.save_pretrained(out / "a" / "model")
+    processor.save_pretrained(out / "a" / "model")
+    return log
+
+
+def run_speechtune(mode: str, data: Path, out: Path, target: float, budget: float, **kw) -> dict:
+    from speechtune.train.recipe import TrainConfig, train
+
+    cfg = TrainConfig(model="tiny.en", data=str(data), out=str(out / mode), mode=mode, epochs=30,
+                      stop_at=target, overwrite=True, tensorboard=False, **kw)
+    # Budget: stop after the first evaluation past it (the loop's own hook sees every step).
+    from speechtune.train import loop
+    real = loop.run_evals
+
+    def capped(*a, **k):
+        rec = real(*a, **k)
+        if rec["train_s"] >= budget:
+            a[4]["stopped"] = f"budget of {budget:.0f} s reached"
+        return rec
+    loop.run_evals = capped
+    try:
+        train(cfg)
+    finally:
+        loop.run_evals = real
+    s = json.loads((out / mode / "training_summary.json").read_text())
+    return {"evals": s["evals"], "train_s": s["train_s"], "samples_per_s": s["samples_per_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/train_speed")
+    ap.add_argument("--only", nargs="+", default=["c", "d", "b", "a"])
+    ap.add_argument("--target", type=float, default=0.02)
+    ap.add_argument("--budget-s", type=float, default=600)
+    ap.add_argument("--guard", help="general-speech manifest scored on each final model")
+    args = ap.parse_args()
+    out = Path(args.out)
+    data = build_corpus(out / "data")
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    modes = {"b": "full", "c": "freeze-encoder", "d": "lora"}
+    for key in args.only:
+        t = time.time()
+        if key == "a":
+            r = run_hf_trainer(data, out, args.target, args.budget_s)
+            model_dir = out / "a" / "model"
+        else:
+            r = run_speechtune(modes[key], data, out, args.target, args.budget_s)
+            model_dir = out / modes[key]
+        r["wall_s"] = round(time.time() - t, 1)
+        hit = next((e for e in r["evals"] if e["valid"] <= args.target and e.get("step", 1) != 0), None)
+        r["time_to_target_s"] = hit["train_s"] if hit else None
+        r["final_wer"] = r["evals"][-1]["valid"]
+        if args.guard:
+            from speechtune.models import load_model
+            w = load_model(model_dir, device="cpu")
+            r["guard_wer"] = score(w.model, w.processor, w.path, eval_set(Path(args.guard)))
+        results[key] = r
+        results_path.write_text(json.dumps(results, indent=2))
+        print(key, json.dumps({k: v for k, v in r.items() if k != "evals"}), flush=True)
+    if args.guard and "base" not in results:
+        from speechtune.models import load_model
+        w = load_model("tiny.en", device="cpu")
+        results["base"] = {"guard_wer": score(w.model, w.processor, w.path, eval_set(Path(args.guard))),
+                           "valid_wer": score(w.model, w.processor, w.path, eval_set(data / "valid.jsonl"))}
+        results_path.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "evals"} for k, v in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
