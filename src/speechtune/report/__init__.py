@@ -1,0 +1,1 @@
+"""The compare report: plots (matplotlib, Agg) and one self-contained report.html."""

@@ -1,0 +1,177 @@
+"""report.html: one self-contained page (CSS inline, plots as base64 PNGs) that a reviewer can open offline.
+
+Top to bottom: the verdict, the forgetting guard, a table of every figure, the plots, and a per-clip diff
+of base and tuned against the reference (normalised text, as scored), clips that got worse first.
+"""
+from __future__ import annotations
+
+import base64
+import html
+
+from ..metrics.bootstrap import format_p
+from ..metrics.score import alignment, chars, words
+from . import plots
+
+MAX_ROWS = 300  # a page with 10,000 diff rows is unusable; the full list is in predictions.jsonl
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0;background:#f5f6f8}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px}
+.sub{color:#5b6472;font-size:13px}
+.verdict{border-radius:8px;padding:14px 18px;margin:16px 0 8px;font-size:18px;font-weight:600;color:#fff}
+.improved{background:#2e9d57}.worse{background:#d6453d}.same{background:#6b7480}
+.guard{border-radius:8px;padding:10px 16px;margin:8px 0;font-size:14px;border:1px solid}
+.guard.ok{background:#eef8f1;border-color:#9fd3b0}.guard.flag{background:#fdecea;border-color:#e8a19b;font-weight:600}
+table{border-collapse:collapse;background:#fff;width:100%}
+th,td{padding:5px 10px;border-bottom:1px solid #e3e6ea;text-align:right;vertical-align:top}
+th:first-child,td:first-child{text-align:left}
+thead th{background:#eceff3;font-weight:600}
+.figs{display:grid;grid-template-columns:1fr 1fr;gap:14px}
+.figs img{width:100%;background:#fff;border-radius:6px;border:1px solid #e3e6ea}
+.diff td{text-align:left;font-size:13px}
+.diff td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+.diff tr.up td:first-child{border-left:4px solid #d6453d}.diff tr.down td:first-child{border-left:4px solid #2e9d57}
+.diff tr.flat td:first-child{border-left:4px solid #c9ced5}.diff tr.up td.num:first-child{color:#b3261e;font-weight:600}
+.diff tr.down td.num:first-child{color:#1f7a43;font-weight:600}
+table.figs-t{max-width:860px}
+.lbl{display:inline-block;width:44px;color:#6b7480;font-size:11px;text-transform:uppercase}
+.line{margin:1px 0}.clip{color:#6b7480;font-size:11px;word-break:break-all}
+.s{background:#fde3b5;border-radius:3px;padding:0 2px}.i{background:#cfe2fb;border-radius:3px;padding:0 2px}
+.d{background:#f7d0d5;text-decoration:line-through;border-radius:3px;padding:0 2px;color:#8a1c2b}
+.legend span{margin-right:12px}.pos{color:#d6453d}.neg{color:#2e9d57}
+details summary{cursor:pointer;margin:8px 0}
+"""
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, fmt="{:.3f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def _pt(x) -> str:
+    return f"{100 * x:+.1f} pt"
+
+
+def _figures_table(s: dict, metric: str) -> str:
+    b, t = s["base"], s["tuned"]
+    rows = [
+        (f"{metric.upper()} (normalised, used for the verdict)", _pct(b["error_rate"]), _pct(t["error_rate"]),
+         f"{_pt(s['delta'])} (95% CI {_pt(s['ci95'][0])} .. {_pt(s['ci95'][1])}, {format_p(s['p_value'], s.get('n_resamples'))})"),
+        ("WER", _pct(b["wer"]), _pct(t["wer"]), _pt(t["wer"] - b["wer"])),
+        ("CER", _pct(b["cer"]), _pct(t["cer"]), _pt(t["cer"] - b["cer"])),
+        ("substitutions", b["sub"], t["sub"], f"{t['sub'] - b['sub']:+d}"),
+        ("deletions", b["del"], t["del"], f"{t['del'] - b['del']:+d}"),
+        ("insertions", b["ins"], t["ins"], f"{t['ins'] - b['ins']:+d}"),
+        ("raw WER (text as given)", _pct(b["raw"]["wer"]), _pct(t["raw"]["wer"]), _pt(t["raw"]["wer"] - b["raw"]["wer"])),
+        ("raw CER (text as given)", _pct(b["raw"]["cer"]), _pct(t["raw"]["cer"]), _pt(t["raw"]["cer"] - b["raw"]["cer"])),
+        ("looping outputs (clips)", b["hallucination"]["loops"], t["hallucination"]["loops"], ""),
+        ("empty outputs (clips)", b["hallucination"]["empty"], t["hallucination"]["empty"], ""),
+        ("outputs over 2x reference (clips)", b["hallucination"]["too_long"], t["hallucination"]["too_long"], ""),
+        ("insertion rate", _pct(b["hallucination"]["insertion_rate"]), _pct(t["hallucination"]["insertion_rate"]), ""),
+        ("real-time factor (lower is faster)", _num(b["rtf"]), _num(t["rtf"]), ""),
+        ("clips per second", _num(b["clips_per_s"], "{:.2f}"), _num(t["clips_per_s"], "{:.2f}"), ""),
+    ]
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return (f"<table class=\"figs-t\"><thead><tr><th>{s['clips']} clips</th><th>base</th><th>tuned</th><th>tuned - base</th>"
+            f"</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _marked(ref: list[str], hyp: list[str], joiner: str) -> str:
+    """The hypothesis with its errors marked: substituted, inserted, and (struck) reference words missed."""
+    out = []
+    for op, r, h in alignment(ref, hyp):
+        if op == "equal":
+            out.append(html.escape(joiner.join(h)))
+        elif op == "substitute":
+            out.append(f'<span class="s" title="reference: {html.escape(joiner.join(r))}">'
+                       f"{html.escape(joiner.join(h))}</span>")
+        elif op == "insert":
+            out.append(f'<span class="i">{html.escape(joiner.join(h))}</span>')
+        else:
+            out.append(f'<span class="d">{html.escape(joiner.join(r))}</span>')
+    body = joiner.join(out)
+    # Say so: a row of struck reference words alone reads like a rendering fault.
+    return body if hyp else f'<span class="sub">(no output)</span> {body}'
+
+
+def order_clips(clips: list[dict]) -> list[dict]:
+    """Clips that got worse first (largest increase first), then improved (largest drop first), then same."""
+    return sorted(clips, key=lambda c: (0 if c["change"] > 0 else 1 if c["change"] < 0 else 2, -abs(c["change"]),
+                                        -abs(c["tuned"]["error_rate"] - c["base"]["error_rate"])))
+
+
+def _diff_table(clips: list[dict], metric: str) -> str:
+    split, joiner = (words, " ") if metric == "wer" else (chars, "")
+    rows = []
+    for c in order_clips(clips)[:MAX_ROWS]:
+        ref = split(c["ref_norm"])
+        kind = "up" if c["change"] > 0 else "down" if c["change"] < 0 else "flat"
+        name = c.get("source") or c["audio"]
+        lines = [f'<div class="line"><span class="lbl">ref</span>{html.escape(joiner.join(ref)) or "(empty)"}</div>']
+        for side in ("base", "tuned"):
+            hyp = split(c[side]["hyp_norm"])
+            lines.append(f'<div class="line"><span class="lbl">{side}</span>{_marked(ref, hyp, joiner)}</div>')
+        rows.append(
+            f'<tr class="{kind}"><td class="num">{c["change"]:+d}</td>'
+            f'<td class="num">{c["base"]["errors"]} &rarr; {c["tuned"]["errors"]}<br>'
+            f'<span class="sub">{_pct(c["base"]["error_rate"])} &rarr; {_pct(c["tuned"]["error_rate"])}</span></td>'
+            f'<td>{"".join(lines)}<div class="clip">{html.escape(str(name))}</div></td></tr>')
+    more = len(clips) - MAX_ROWS
+    note = f'<p class="sub">{more} more clips in predictions.jsonl.</p>' if more > 0 else ""
+    return ('<p class="legend sub"><span><span class="s">substituted</span></span><span><span class="i">inserted'
+            '</span></span><span><span class="d">missed</span> (reference word left out)</span></p>'
+            '<table class="diff"><thead><tr><th>&Delta; errors</th><th>base &rarr; tuned</th>'
+            f'<th style="text-align:left">reference / base / tuned (normalised, as scored)</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>{note}')
+
+
+def _guard_box(m: dict) -> str:
+    g = m.get("guard")
+    if not g:
+        return ('<div class="guard ok">No forgetting guard was run. Pass <code>--guard general.jsonl</code> '
+                '(general speech in the same language) to check the tuned model did not get worse elsewhere.</div>')
+    cls = "flag" if g["flagged"] else "ok"
+    head = "Forgetting guard FLAGGED" if g["flagged"] else "Forgetting guard passed"
+    return (f'<div class="guard {cls}">{head} on {html.escape(g["data"])} (threshold {g["threshold"]:.1f} pt): '
+            f'{html.escape(g["verdict_line"])}</div>')
+
+
+def render(m: dict, clips: list[dict], guard_clips: list[dict] | None = None) -> str:
+    """The page for a compare metrics dict and its paired per-clip rows (see speechtune.compare)."""
+    cls = {"improved": "improved", "worse": "worse"}.get(m["verdict"], "same")
+    figs = [
+        _img(plots.png(plots.draw_rates, m), "error rates with 95% CI"),
+        _img(plots.png(plots.draw_scatter, m, clips, size=(5.6, 4.6)), "per-clip error, base vs tuned"),
+        _img(plots.png(plots.draw_error_types, m), "error types"),
+        _img(plots.png(plots.draw_hallucinations, m), "hallucination signals"),
+    ]
+    parts = [
+        f"<h1>speechtune compare</h1>"
+        f'<div class="sub">base <b>{html.escape(m["base"]["model"])}</b> vs tuned <b>{html.escape(m["tuned"]["model"])}'
+        f'</b> on {html.escape(m["data"])} ({m["clips"]} clips, {m["metric"].upper()}, paired bootstrap with '
+        f'{m["n_resamples"]} resamples, seed {m["seed"]})</div>',
+        f'<div class="verdict {cls}">{html.escape(m["verdict_line"])}</div>',
+        _guard_box(m),
+        "<h2>Figures</h2>", _figures_table(m, m["metric"]),
+    ]
+    if m.get("guard"):
+        parts += [f'<h2>Guard set: {html.escape(m["guard"]["data"])}</h2>', _figures_table(m["guard"], m["guard"]["metric"])]
+    parts += ['<h2>Plots</h2><div class="figs">' + "".join(figs) + "</div>",
+              f"<h2>Per clip ({len(clips)}), clips that got worse first</h2>", _diff_table(clips, m["metric"])]
+    if guard_clips:
+        parts.append(f"<details><summary><b>Guard set per clip ({len(guard_clips)})</b></summary>"
+                     f"{_diff_table(guard_clips, m['guard']['metric'])}</details>")
+    parts.append('<p class="sub">Rates are corpus-level: total errors / total reference units. The interval and '
+                 "p-value come from resampling clips with replacement and rescoring both models on each "
+                 "resample; the verdict is a change only when the interval excludes 0 and p &lt; 0.05.</p>")
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>speechtune compare: '
+            f'{html.escape(m["verdict"])}</title><meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<style>{CSS}</style></head><body><main>{''.join(parts)}</main></body></html>\n")

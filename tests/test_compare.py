@@ -1,0 +1,152 @@
+"""`speechtune evaluate` and `speechtune compare` on a tiny random Whisper and synthesized speech."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speechtune.audio import write_wav
+from speechtune.cli import main
+from speechtune.compare import compare, paired
+from speechtune.evaluate import evaluate
+from speechtune.report.html import order_clips, render
+
+SENTENCES = ["Scale the deployment to three replicas.", "The kubelet restarts the pod."]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    from speechtune.synth import speak
+    root = tmp_path_factory.mktemp("data")
+    (root / "audio").mkdir()
+    with open(root / "test.jsonl", "w") as f:
+        for i, text in enumerate(SENTENCES):
+            write_wav(root / "audio" / f"{i}.wav", speak(text))
+            # relative paths resolve against the manifest's folder; the second line is realspeech-style
+            row = {"audio": f"audio/{i}.wav", "text": text, "language": "en"} if i == 0 else \
+                  {"audio": f"audio/{i}.wav", "text": text, "duration_s": 1.0}
+            f.write(json.dumps(row) + "\n")
+    return root / "test.jsonl"
+
+
+@pytest.fixture(scope="module")
+def self_compare(tiny_whisper_dir, manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    result = compare(tiny_whisper_dir, tiny_whisper_dir, manifest, guard=manifest, out=out, batch_size=2,
+                     progress=False)
+    return result, out
+
+
+def test_compare_with_itself_is_no_change(self_compare):
+    r, _ = self_compare
+    assert r["delta"] == 0.0 and r["ci95"] == [0.0, 0.0] and r["p_value"] == 1.0
+    assert r["verdict"] == "no significant change"
+    assert r["verdict_line"].startswith("no significant change: WER ")
+    assert r["base"]["wer"] == r["tuned"]["wer"]
+    assert all(c["change"] == 0 for c in r["per_clip"])
+    assert r["guard"]["delta"] == 0.0 and r["guard"]["flagged"] is False
+
+
+def test_compare_writes_every_file_with_contract_keys(self_compare):
+    _, out = self_compare
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("base", "tuned", "delta", "ci95", "p_value", "verdict", "guard"):
+        assert key in m
+    for side in ("base", "tuned"):
+        s = m[side]
+        for key in ("wer", "cer", "sub", "del", "ins", "raw", "rtf", "clips_per_s", "hallucination"):
+            assert key in s, key
+        assert s["audio_s"] > 0 and s["rtf"] > 0
+        assert set(s["hallucination"]) >= {"loops", "empty", "too_long", "insertion_rate"}
+    assert set(m["guard"]) >= {"base", "tuned", "delta", "ci95", "p_value", "verdict", "flagged", "threshold"}
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["ref"] for p in preds] == SENTENCES
+    assert (out / "guard_predictions.jsonl").is_file()
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+    assert "no significant change" in page
+
+
+def test_evaluate_writes_predictions_and_metrics(tiny_whisper_dir, manifest, tmp_path):
+    m = evaluate(str(tiny_whisper_dir), manifest, out=tmp_path, batch_size=2, progress=False)
+    assert m["clips"] == 2 and m["metric"] == "wer"
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    p = json.loads(lines[0])
+    assert {"ref", "hyp", "ref_norm", "hyp_norm", "errors", "sub", "del", "ins", "loop", "empty"} <= set(p)
+    assert p["ref_norm"] == "scale the deployment to 3 replicas"
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["wer"] == m["wer"] and "predictions" not in saved
+
+
+def test_cli_compare_prints_verdict_line(tiny_whisper_dir, manifest, tmp_path, capsys):
+    rc = main(["compare", "--base", str(tiny_whisper_dir), "--tuned", str(tiny_whisper_dir), "--data",
+               str(manifest), "--out", str(tmp_path), "--batch-size", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out[0].startswith("no significant change: WER ") and "p=1.00" in out[0]
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_cli_bad_manifest_line_is_one_line_error(tiny_whisper_dir, manifest, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(manifest.read_text() + '{"audio": "audio/missing.wav", "text": "gone"}\n')
+    shutil.copytree(manifest.parent / "audio", tmp_path / "audio")
+    rc = main(["evaluate", "--model", str(tiny_whisper_dir), "--data", str(bad), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"error: {bad}:3: file not found")
+
+
+def _clip(change, base_rate, tuned_rate, name):
+    side = lambda rate: {"hyp": "", "hyp_norm": "a b", "errors": 0, "sub": 0, "del": 0, "ins": 0,  # noqa: E731
+                         "error_rate": rate, "loop": False, "empty": False, "too_long": False}
+    return {"audio": name, "source": name, "ref_norm": "a b", "units": 2, "change": change,
+            "base": side(base_rate), "tuned": side(tuned_rate)}
+
+
+def test_diff_table_lists_worse_clips_first():
+    clips = [_clip(-3, 1, 0, "better3"), _clip(0, 0, 0, "same"), _clip(1, 0, .5, "worse1"),
+             _clip(4, 0, 1, "worse4"), _clip(-1, .5, 0, "better1")]
+    assert [c["audio"] for c in order_clips(clips)] == ["worse4", "worse1", "better3", "better1", "same"]
+
+
+def test_report_marks_word_errors():
+    rows = [{"audio": "a.wav", "text": "turn the lights off", "line": 1, "language": "en"}]
+    base = {"hyps": ["turn the light off"], "processing_s": 1.0, "audio_s": 2.0, "model": "base"}
+    tuned = {"hyps": ["turn lights off now now"], "processing_s": 1.0, "audio_s": 2.0, "model": "tuned"}
+    m, clips = paired(rows, base, tuned, ["en"], None, 1000, 0)
+    page = render(m | {"data": "t.jsonl", "guard": None}, clips)
+    assert '<span class="s" title="reference: lights">light</span>' in page
+    assert '<span class="d">the</span>' in page and '<span class="i">now now</span>' in page
+    assert clips[0]["change"] == 2 and m["delta"] == pytest.approx(3 / 4 - 1 / 4)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed")
+def test_report_renders_in_headless_chromium(self_compare, tmp_path):
+    """The page renders (not blank) in a real browser; look at the PNG by hand for layout."""
+    _, out = self_compare
+    script = Path(__file__).parents[1] / "benchmarks" / "screenshot_report.sh"
+    shot = tmp_path / "shot.png"
+    subprocess.run(["bash", str(script), str(out / "report.html"), str(shot), "1400"], check=True, timeout=120)
+    from PIL import Image
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert img.shape == (1400, 1280)
+    assert img.std() > 10  # text, tables and plots, not an empty page
+
+
+@pytest.mark.e2e
+def test_bundled_tiny_en_scores_synthesized_speech(manifest, tmp_path):
+    m = evaluate("tiny.en", manifest, batch_size=2, progress=False)
+    assert m["wer"] < 0.6, [p["hyp"] for p in m["predictions"]]
+    assert "deployment" in m["predictions"][0]["hyp_norm"]
+    assert m["rtf"] > 0 and m["hallucination"]["empty"] == 0
