@@ -150,3 +150,25 @@ def test_bundled_tiny_en_scores_synthesized_speech(manifest, tmp_path):
     assert m["wer"] < 0.6, [p["hyp"] for p in m["predictions"]]
     assert "deployment" in m["predictions"][0]["hyp_norm"]
     assert m["rtf"] > 0 and m["hallucination"]["empty"] == 0
+
+
+def test_score_language_fallbacks():
+    from speechtune.evaluate import score_language
+    rows = [{"text": "hello", "language": "fr"}, {"text": "hello"}, {"text": "广州市房地产"}]
+    assert score_language(rows, None, multilingual=False) == ["fr", "en", "en"]
+    assert score_language(rows, None, multilingual=True) == ["fr", None, "zh"]
+    assert score_language(rows, "de", multilingual=True) == ["fr", "de", "de"]
+
+
+def test_chinese_compare_uses_cer_and_character_diff():
+    rows = [{"audio": "a.wav", "text": "甚至出現交易幾乎停滯的情況", "line": 1, "language": "zh"},
+            {"audio": "b.wav", "text": "广州市房地产中介协会分析", "line": 2, "language": "zh"}]
+    base = {"hyps": ["甚至出现交易几乎停止的情况", "广州市房地产中介协会分析"], "processing_s": 1.0, "audio_s": 9.0,
+            "model": "base"}
+    tuned = {"hyps": ["甚至出現交易幾乎停滯的情況。", "广州市房地产中介协会分析"], "processing_s": 1.0, "audio_s": 9.0,
+             "model": "tuned"}
+    m, clips = paired(rows, base, tuned, ["zh", "zh"], None, 1000, 0)
+    assert m["metric"] == "cer" and m["verdict_line"].startswith("no significant change: CER 4.0% -> 0.0%")
+    assert clips[0]["change"] == -1
+    page = render(m | {"data": "zh.jsonl", "guard": None}, clips)
+    assert '<span class="s" title="reference: 滞">止</span>' in page  # characters, no spaces between

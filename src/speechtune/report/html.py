@@ -149,7 +149,7 @@ def render(m: dict, clips: list[dict], guard_clips: list[dict] | None = None) ->
     cls = {"improved": "improved", "worse": "worse"}.get(m["verdict"], "same")
     figs = [
         _img(plots.png(plots.draw_rates, m), "error rates with 95% CI"),
-        _img(plots.png(plots.draw_scatter, m, clips, size=(5.6, 4.6)), "per-clip error, base vs tuned"),
+        _img(plots.png(plots.draw_scatter, m, clips), "per-clip error, base vs tuned"),
         _img(plots.png(plots.draw_error_types, m), "error types"),
         _img(plots.png(plots.draw_hallucinations, m), "hallucination signals"),
     ]

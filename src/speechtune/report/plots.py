@@ -13,7 +13,7 @@ BASE, TUNED = "#8c96a8", "#2f6fdf"
 WORSE, BETTER, SAME = "#d6453d", "#2e9d57", "#9aa3ad"
 
 
-def png(draw, *args, size=(6.4, 4.0)) -> bytes:
+def png(draw, *args, size=(6.4, 4.6)) -> bytes:
     fig = Figure(figsize=size, dpi=110, layout="constrained")
     draw(fig.add_subplot(), *args)
     return _save(fig)
