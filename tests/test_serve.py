@@ -103,6 +103,10 @@ def _malformed(url: str, good: bytes) -> list[tuple[str, httpx.Response, int]]:
         ("German for an English-only model", post(url, good, data={"model": "m", "language": "de"}), 400),
         ("prompt too long", post(url, good, data={"model": "m", "prompt": "word " * 1000}), 400),
         ("two files", httpx.post(url + URL, files=[("file", ("a.wav", good)), ("file", ("b.wav", good))]), 400),
+        ("over the cap, streamed without a length", httpx.post(
+            url + URL, content=iter([b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n']
+                                    + [good] * (3 * 2**20 // len(good) + 1)),
+            headers={"content-type": "multipart/form-data; boundary=abc"}), 413),
         ("broken multipart body", httpx.post(url + URL, content=b"--xyz\r\nContent-Disposition: form-data; "
                                              b"name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF",
                                              headers={"content-type": "multipart/form-data; boundary=abc"}), 400),

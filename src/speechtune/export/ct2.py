@@ -109,8 +109,11 @@ class CT2Whisper:
             tok = self._tokenizer(lang if self.multilingual else None)
             previous = tok.encode(" " + text.strip()) if text else []
             token_prompts.append(self.fw.get_prompt(tok, previous, without_timestamps=True))
-        longest = max(len(p) for p in token_prompts)
-        max_length = min(self.fw.max_length, longest + max_new_tokens) if max_new_tokens else self.fw.max_length
+        # The same length cap as `speechtune.transcribe` (tokens per second of audio), so a looping model
+        # stops early and comparisons with the PyTorch model decode alike.
+        from ..transcribe import max_new_tokens as cap
+        budget = max_new_tokens or cap(max(len(w) for w in wavs) / 16000)
+        max_length = min(self.fw.max_length, max(len(p) for p in token_prompts) + budget)
         results = self.fw.model.generate(
             enc, token_prompts, beam_size=1, max_length=max_length, suppress_blank=True,
             suppress_tokens=self.suppress, sampling_temperature=temperature if temperature > 0 else 1.0,

@@ -20,7 +20,8 @@ beam, so on the same weights both give the same tokens):
        the first decoder step's logits over language tokens when not given, multilingual models only)
     3. repeat: logits = decoder(tokens, h)[:, -1]; logits[suppress_tokens] = -inf; on the first step also
        logits[begin_suppress_tokens] = -inf; next = argmax; sequences that produced <|endoftext|> keep
-       getting it; stop when all have ended or the length reaches max_target_positions (448).
+       getting it; stop when all have ended, the length reaches max_target_positions (448), or after
+       `speechtune.transcribe.max_new_tokens(seconds)` new tokens (the cap HF decoding uses here too).
     4. text = tokenizer.decode(generated, skip_special_tokens=True)
 """
 from __future__ import annotations
@@ -174,6 +175,8 @@ class OnnxWhisper:
     def transcribe_batch(self, wavs: list[np.ndarray], language: str | None = None,
                          max_new_tokens: int | None = None, **_) -> list[dict]:
         """Greedy texts of clips <= 30 s: [{text, language, tokens}]."""
+        from ..transcribe import max_new_tokens as cap
+        max_new_tokens = max_new_tokens or cap(max(len(w) for w in wavs) / 16000)  # as speechtune.transcribe
         hidden = self.encode(wavs)
         langs = [language] * len(wavs)
         if self.multilingual and language is None:

@@ -114,6 +114,15 @@ class _TooBig(Exception):
     pass
 
 
+def _too_big(e: BaseException) -> bool:
+    # Raised inside receive(), it may reach the handler wrapped by a middleware's task group.
+    if isinstance(e, _TooBig):
+        return True
+    if isinstance(e, BaseExceptionGroup):
+        return any(_too_big(x) for x in e.exceptions)
+    return e.__cause__ is not None and _too_big(e.__cause__) or e.__context__ is not None and _too_big(e.__context__)
+
+
 def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
     """The app; the model loads in a background thread at startup (or `backend` is used as given), and
     /health answers 503 until it is ready."""
@@ -128,6 +137,9 @@ def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
             state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe)
             metrics.ready.set(1)
             log.info("model ready: %s (%s backend)", b.path, b.name)
+        except SpeechtuneError as e:
+            log.error("model failed to load: %s", e)
+            state["error"] = str(e)
         except Exception as e:  # shown on /health and in the log; the process stays up to say so
             log.exception("model failed to load")
             state["error"] = f"{e.__class__.__name__}: {e}"
@@ -212,9 +224,9 @@ async def _form(request: Request):
                             f"'{ctype or 'none'}'", "unsupported_content_type")
     try:
         return await request.form(max_files=1, max_fields=16)
-    except _TooBig:
-        raise ApiError(413, "upload larger than the server's limit", "file_too_large", "file") from None
     except Exception as e:  # python-multipart/starlette raise several types for broken bodies
+        if _too_big(e):
+            raise ApiError(413, "upload larger than the server's limit", "file_too_large", "file") from None
         raise ApiError(400, f"malformed multipart body: {str(e)[:200] or e.__class__.__name__}",
                        "malformed_body") from None
 

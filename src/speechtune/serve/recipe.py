@@ -55,6 +55,10 @@ def main(args) -> int:
     if args.max_upload_mb <= 0:
         raise SpeechtuneError("--max-upload-mb must be positive")
     cfg = config_from_args(args)
+    # A wrong spec is a user mistake: say so in one line before any server starts. Non-CT2 specs are
+    # converted here (once, cached), so the server's background load is only the model itself.
+    from .worker import prepare_model
+    cfg.model = str(prepare_model(args.model, args.backend))
     if cfg.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} with no API key; anyone who can reach it can use it",
               file=sys.stderr)

@@ -94,7 +94,7 @@ class HFBackend:
             prefix_ids(self.whisper.model.generation_config, language)
 
     def batch(self, jobs: list[Job]) -> list[dict]:
-        from ..transcribe import transcribe, transcribe_batch
+        from ..transcribe import transcribe_batch
         if any(j.prompt for j in jobs):  # HF generate takes one prompt per call
             return [self.single(j) for j in jobs]
         lang = jobs[0].language if self.multilingual else None
@@ -147,15 +147,22 @@ def ct2_for(spec, quantization: str = "int8") -> Path:
     return out
 
 
-def load_backend(spec, backend: str = "auto", device: str = "cpu", threads: int = 0):
-    if backend == "hf":
-        return HFBackend(spec, device=device)
+def prepare_model(spec, backend: str = "auto") -> Path:
+    """The folder a backend loads: an HF folder for `hf`, else a CT2 folder (converted and cached if needed)."""
+    from ..models import resolve_model
     folder = Path(str(spec)).expanduser()
     meta = folder / "speechtune_export.json"
     if meta.is_file() and json.loads(meta.read_text()).get("format") == "onnx":
         raise SpeechtuneError(f"{folder}: an ONNX export; serve runs CTranslate2 exports or any model spec",
                               "serve the CT2 export (speechtune export --format ct2) or the source model")
-    return CT2Backend(ct2_for(spec), device=device, threads=threads)
+    return resolve_model(spec) if backend == "hf" else ct2_for(spec)
+
+
+def load_backend(spec, backend: str = "auto", device: str = "cpu", threads: int = 0):
+    folder = prepare_model(spec, backend)
+    if backend == "hf":
+        return HFBackend(folder, device=device)
+    return CT2Backend(folder, device=device, threads=threads)
 
 
 class Worker:
