@@ -2,6 +2,7 @@
 checked against what autograd really keeps, CLI output."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -68,11 +69,24 @@ def _prepare(model, mode, family="whisper"):
     if mode == "lora":
         import peft
         model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    if mode == "lora-decoder":      # as speechtune train does by default: decoder only, with dropout
+        import peft
+        targets = r".*decoder\.layers\.\d+\.(.*\.)?(q_proj|v_proj|fc1)"
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
+                                                           target_modules=targets))
     return model
 
 
+def _setup(mode, **kw):
+    if mode == "lora-decoder":
+        return Setup(mode="lora", lora_encoder=False, lora_targets=("q_proj", "v_proj", "fc1"), lora_dropout=0.1,
+                     lora_rank=4, **kw)
+    return Setup(mode=mode, lora_rank=4, **kw)
+
+
 @pytest.mark.parametrize("mode,precision", [("full", "fp32"), ("freeze-encoder", "fp32"), ("lora", "fp32"),
-                                            ("full", "bf16"), ("lora", "bf16")])
+                                            ("lora-decoder", "fp32"), ("full", "bf16"), ("lora", "bf16"),
+                                            ("lora-decoder", "bf16")])
 def test_whisper_saved_activations_match_autograd(mode, precision):
     """The layer-shape arithmetic agrees with what autograd really saves, per mode and precision (CPU, SDPA;
     CPU autocast keeps layer norm and log-softmax in fp32 and casts each linear's input, as CUDA does)."""
@@ -88,11 +102,12 @@ def test_whisper_saved_activations_match_autograd(mode, precision):
             return model(input_features=feats, labels=labels, use_cache=False)
 
     saved, out = _saved_bytes(model, forward)
-    s = Setup(mode=mode, batch_size=B, precision=precision, label_tokens=L, device="cpu", lora_rank=4)
+    s = _setup(mode, batch_size=B, precision=precision, label_tokens=L, device="cpu")
     blocks, persistent = step_blocks(model_info(cfg), s)
     predicted = sum(b.act for b in blocks)
-    if precision == "bf16":
+    if precision == "bf16" or mode == "lora-decoder":
         # the fp32 encoder output: held by the model output (counted), but autograd keeps only bf16 copies
+        # (or, behind LoRA dropout, dropped-out copies)
         predicted -= B * 1500 * 64 * 4
     assert predicted == pytest.approx(saved, rel=0.01)
     # trainable parameters: the module tree after freezing / PEFT
@@ -217,6 +232,47 @@ def test_loaded_model_and_config_give_the_same_estimate(tmp_path):
     assert "peak" in text and "warning" not in text
     warn = format_summary(from_model, device_bytes=10 * 2**20)
     assert "warning" in warn
+
+
+def test_decoder_only_lora_matches_peft_and_freezes_the_encoder():
+    cfg = _tiny_whisper_config()
+    import peft
+    model = transformers.WhisperForConditionalGeneration(cfg)
+    targets = r".*decoder\.layers\.\d+\.(.*\.)?(q_proj|v_proj|fc1)"     # how speechtune train targets the decoder
+    model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=targets))
+    s = Setup(mode="lora", lora_rank=8, lora_targets=("q_proj", "v_proj", "fc1"), lora_encoder=False,
+              batch_size=4, label_tokens=16)
+    info = model_info(cfg)
+    assert sum(trainable_by_block(info, s).values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blocks, _ = step_blocks(info, s)
+    assert all(b.act == 0 and b.bwd == 0 for b in blocks if b.name.startswith("encoder layer"))
+    both = memory(info, Setup(mode="lora", lora_rank=8, lora_targets=("q_proj", "v_proj", "fc1"),
+                              batch_size=4, label_tokens=16))
+    assert memory(info, s)["activations"] < both["activations"]
+
+
+def test_summary_from_a_training_config():
+    @dataclasses.dataclass
+    class TrainLike:          # the field names speechtune train's TrainConfig uses
+        model: str = "tiny.en"
+        mode: str = "lora"
+        batch_size: int = 4
+        grad_accum: int = 2
+        precision: str = "auto"
+        gradient_checkpointing: bool = False
+        lora_r: int = 8
+        lora_targets: tuple = ("q_proj", "v_proj")
+        lora_dropout: float = 0.0
+        lora_encoder: bool = False
+        epochs: float = 2.0
+        device: str = "cpu"
+
+    text = format_summary(TrainLike(), 100, label_tokens=32)
+    direct = estimate("tiny.en", "lora", 4, grad_accum=2, precision="fp32", lora_rank=8, lora_encoder=False,
+                      label_tokens=32, device="cpu", gpus=["A10"])
+    assert text.startswith("estimate: tiny.en lora, fp32, batch 4 x2")
+    assert f"peak {direct.memory['total'] / GiB:.1f} GiB" in text
+    assert "warning" in format_summary(TrainLike(), 100, device_bytes=2**20, label_tokens=32)
 
 
 def test_calibrate_runs_real_steps_on_cpu():

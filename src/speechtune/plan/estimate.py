@@ -157,6 +157,7 @@ class Setup:
     grad_checkpointing: bool = False
     lora_rank: int = 16
     lora_targets: tuple = ("q_proj", "v_proj")
+    lora_encoder: bool = True     # Whisper: adapters in the encoder too (False: decoder only, encoder frozen)
     lora_dropout: float = 0.0
     audio_seconds: float = 30.0
     label_tokens: int = 448
@@ -219,29 +220,34 @@ def trainable_by_block(info: ModelInfo, s: Setup) -> dict:
     """Trainable parameter count per block, LoRA adapters included (r x (in + out) for each target linear)."""
     stable = bool(getattr(info.config, "do_stable_layer_norm", False))
     return dict(_trainable(info.family, info.params, info.linears, stable, s.mode,
-                           s.lora_rank if s.mode == "lora" else 0, s.lora_targets))
+                           s.lora_rank if s.mode == "lora" else 0, s.lora_targets, _decoder_only(info, s)))
 
 
 @lru_cache(maxsize=64)
-def _trainable(family, params, linears, stable, mode, rank, targets) -> tuple:
+def _trainable(family, params, linears, stable, mode, rank, targets, decoder_only) -> tuple:
     out: dict = {}
     for name, n, req in params:
         if req and not _frozen_by_mode(family, mode, name):
             b = _block_of(family, name, stable)
             out[b] = out.get(b, 0) + n
-    for name, fin, fout in (_lora_sites(linears, targets) if mode == "lora" else ()):
+    for name, fin, fout in (_lora_sites(linears, targets, decoder_only) if mode == "lora" else ()):
         b = _block_of(family, name + ".", stable)
         out[b] = out.get(b, 0) + rank * (fin + fout)
     return tuple(out.items())
 
 
+def _decoder_only(info: ModelInfo, s: Setup) -> bool:
+    return info.family == "whisper" and not s.lora_encoder
+
+
 def lora_sites(info: ModelInfo, s: Setup) -> list:
-    return _lora_sites(info.linears, s.lora_targets)
+    return _lora_sites(info.linears, s.lora_targets, _decoder_only(info, s))
 
 
-def _lora_sites(linears, targets) -> list:
-    """The linears PEFT would wrap: targets match the last name component, inside attention blocks."""
-    return [(n, i, o) for n, i, o in linears if n.rsplit(".", 1)[-1] in targets and re.search(r"layers\.\d+\.", n)]
+def _lora_sites(linears, targets, decoder_only=False) -> list:
+    """The linears PEFT would wrap: targets match the last name component, inside transformer layers."""
+    pattern = r"decoder\.layers\.\d+\." if decoder_only else r"layers\.\d+\."
+    return [(n, i, o) for n, i, o in linears if n.rsplit(".", 1)[-1] in targets and re.search(pattern, n)]
 
 
 class _Bytes:
@@ -251,6 +257,7 @@ class _Bytes:
         self.auto = s.precision != "fp32"
         self.a = 2 if self.auto else 4                  # matmul outputs: bf16/fp16 under autocast
         self.mask = 1 if s.device == "cuda" else self.a  # CUDA dropout keeps a bool mask; CPU a float one
+        self.mask32 = 1 if s.device == "cuda" else 4     # ... of a fp32 input
 
     def inputs(self, consumers: int, elems: float, already_low: bool = False) -> float:
         """A tensor read by `consumers` linears that keep their input: fp32 shares one copy; autocast casts
@@ -267,17 +274,18 @@ def _lin(tokens, fin, fout, train, need_in):
     return f, f * (int(train) + int(need_in))
 
 
-def _lora_terms(s: Setup, by: _Bytes, names, tokens_of, d_in, grad_path=True):
-    """Extra saved bytes and FLOPs of the adapters at `names` (one dict name -> tokens)."""
+def _lora_terms(s: Setup, by: _Bytes, sites: dict):
+    """Extra saved bytes and FLOPs of adapters; `sites`: name -> (tokens, (in, out), input needs grad)."""
     act = fwd = bwd = 0.0
-    for name in names:
-        t = tokens_of[name]
-        f = 2.0 * t * s.lora_rank * (d_in[name][0] + d_in[name][1])
+    for t, (fin, fout), input_grad in sites.values():
+        f = 2.0 * t * s.lora_rank * (fin + fout)
         fwd += f
         bwd += 2 * f
         act += t * s.lora_rank * by.a                       # lora_A output, kept by lora_B
         if s.lora_dropout > 0:
-            act += t * d_in[name][0] * (4 + by.mask)          # dropout output (lora_A's input) + its mask
+            # dropout output, kept by lora_A (under autocast: lora_A's bf16 copy of it); the dropout's own
+            # mask only where its input is on the gradient path
+            act += t * fin * ((2 if by.auto else 4) + (by.mask32 if input_grad else 0))
     return act, fwd, bwd
 
 
@@ -293,9 +301,10 @@ def _attn_layer(s: Setup, by: _Bytes, *, tokens, d, heads, ffn, B, T, train_w, g
     a, act, fwd, bwd = by.a, 0.0, 0.0, 0.0
     stats = 2 * tokens * 4
     sd = tokens * d
-    cons = lambda n: int(train_w) + int(n in lora)  # noqa: E731  linears that keep their input
+    # linears that keep this input: trainable ones, and LoRA's lora_A unless its dropout makes a new tensor
+    cons = lambda n: int(train_w) + int(n in lora and s.lora_dropout == 0)  # noqa: E731
     hid_p, act_p = drop
-    lora_tok, lora_dim = {}, {}
+    sites = {}
 
     def attention(prefix, q_tokens, kv_tokens, Tq, Tk, q_input_grad, kv_input_grad, kv_shared_elsewhere):
         nonlocal act, fwd, bwd
@@ -312,7 +321,7 @@ def _attn_layer(s: Setup, by: _Bytes, *, tokens, d, heads, ffn, B, T, train_w, g
             f, b = _lin(t, d, d, train_w, need)
             fwd, bwd = fwd + f, bwd + b
             if n in lora:
-                lora_tok[prefix + n], lora_dim[prefix + n] = t, (d, d)
+                sites[prefix + n] = (t, (d, d), need)
         act += (2 * q_tokens + 2 * kv_tokens) * d * a + B * heads * Tq * 4   # q, k, v, out + log-sum-exp
         f = 4.0 * B * Tq * Tk * d
         fwd, bwd = fwd + f, bwd + 2 * f
@@ -320,7 +329,7 @@ def _attn_layer(s: Setup, by: _Bytes, *, tokens, d, heads, ffn, B, T, train_w, g
         f, b = _lin(q_tokens, d, d, train_w, True)
         fwd, bwd = fwd + f, bwd + b
         if "out_proj" in lora:
-            lora_tok[prefix + "out_proj"], lora_dim[prefix + "out_proj"] = q_tokens, (d, d)
+            sites[prefix + "out_proj"] = (q_tokens, (d, d), True)
         if hid_p > 0:
             act += q_tokens * d * by.mask
 
@@ -351,14 +360,17 @@ def _attn_layer(s: Setup, by: _Bytes, *, tokens, d, heads, ffn, B, T, train_w, g
         act += sd * 4 + stats
     for n in ("fc1", "fc2"):
         if n in lora:
-            lora_tok[n], lora_dim[n] = tokens, ((d, ffn) if n == "fc1" else (ffn, d))
-    la, lf, lb = _lora_terms(s, by, lora_tok, lora_tok, lora_dim)
+            sites[n] = (tokens, (d, ffn) if n == "fc1" else (ffn, d), True)
+    la, lf, lb = _lora_terms(s, by, sites)
     act, fwd, bwd = act + la, fwd + lf, bwd + lb
     trans = tokens * ffn * a + sd * 4                                        # dGELU + the residual's grad
     if cross is not None:
         enc_tokens, _, enc_grad = cross
         trans += 2 * enc_tokens * d * a + (enc_tokens * d * 4 if enc_grad else 0)
-    n_lin = (8 if cross is not None else 4) * d * d + 2 * d * ffn
+    # bf16 weight copies stay alive (saved) where the linear's input needs a gradient
+    n_lin = (4 if grad_in else 1) * d * d + 2 * d * ffn
+    if cross is not None:
+        n_lin += (4 if cross[2] else 2) * d * d
     return act, trans, fwd, bwd, n_lin
 
 
@@ -384,7 +396,8 @@ def _whisper_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     se, sd = B * T, B * L
     full, lora = s.mode == "full", s.mode == "lora"
     lora_set = set(s.lora_targets) if lora else set()
-    enc_active = full or lora
+    enc_lora = lora_set if s.lora_encoder else set()
+    enc_active = full or bool(enc_lora)
     blocks = []
 
     stem = Block("encoder conv front end")
@@ -401,7 +414,7 @@ def _whisper_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     for i in range(c.encoder_layers):
         act, trans, fwd, bwd, n_lin = _attn_layer(
             s, by, tokens=se, d=d, heads=c.encoder_attention_heads, ffn=c.encoder_ffn_dim, B=B, T=T,
-            train_w=full, grad_in=full or (lora and i > 0), lora=lora_set)
+            train_w=full, grad_in=full or (bool(enc_lora) and i > 0), lora=enc_lora)
         blocks.append(_finish_layer(Block(f"encoder layer {i}"), s, by, act, trans, fwd, bwd, n_lin,
                                     se * d * 4, enc_active))
 
@@ -626,20 +639,21 @@ def default_utilisation(info: ModelInfo) -> float:
     return next(u for w, u in UTILISATION_BY_WIDTH if width <= w)
 
 
-def _gpu_time(info, s, gpu, util, step_flops, n_clips, epochs, encoder_cache, fl):
-    peak = gpu.peak_flops(s.precision)
-    if not peak:
-        return None, None, None
-    step = step_flops / (peak * util)
+def encoder_frozen(s: Setup) -> bool:
+    return s.mode == "freeze-encoder" or (s.mode == "lora" and not s.lora_encoder)
+
+
+def _times(s: Setup, rate: float, fl: dict, n_clips, epochs, encoder_cache) -> tuple:
+    """(seconds per step, hours per epoch, hours in total) at `rate` FLOP/s."""
+    step = fl["step"] / rate
     if n_clips is None:
         return step, None, None
     steps = math.ceil(n_clips / (s.batch_size * s.grad_accum))
     epoch = steps * step / 3600
     total = epoch * epochs
-    if encoder_cache and s.mode == "freeze-encoder" and epochs > 1 and fl["encoder_forward"]:
+    if encoder_cache and encoder_frozen(s) and epochs > 1 and fl["encoder_forward"]:
         # later epochs reuse the cached encoder outputs: no encoder forward
-        saved = steps * s.grad_accum * fl["encoder_forward"] / (peak * util) / 3600
-        total -= saved * (epochs - 1)
+        total -= steps * s.grad_accum * fl["encoder_forward"] / rate / 3600 * (epochs - 1)
     return step, epoch, total
 
 
@@ -660,16 +674,17 @@ def max_batch(info: ModelInfo, s: Setup, budget_bytes: float, cap: int = 4096) -
 
 def estimate(model, mode: str = "full", batch_size: int = 8, *, grad_accum: int = 1, precision: str = "bf16",
              optimizer: str = "adamw", grad_checkpointing: bool = False, lora_rank: int = 16,
-             lora_targets=("q_proj", "v_proj"), lora_dropout: float = 0.0, audio_seconds: float = 30.0,
+             lora_targets=("q_proj", "v_proj"), lora_dropout: float = 0.0, lora_encoder: bool = True,
+             audio_seconds: float = 30.0,
              label_tokens: int = 448, dataset_hours: float | None = None, epochs: float = 1.0,
-             clip_seconds: float = 5.0, gpus=None, utilisation: float | None = None, prices: dict | None = None,
+             clip_seconds: float = 5.0, clips: int | None = None, gpus=None, utilisation: float | None = None, prices: dict | None = None,
              device: str = "cuda", encoder_cache: bool = True, calibration: dict | None = None,
              recommend: bool = True) -> Estimate:
     """Memory, time and cost of fine-tuning `model` (catalog name, spec, config or loaded model)."""
     info = model_info(model)
     s = Setup(mode=mode, batch_size=int(batch_size), grad_accum=int(grad_accum), precision=precision,
               optimizer=optimizer, grad_checkpointing=bool(grad_checkpointing), lora_rank=int(lora_rank),
-              lora_targets=tuple(lora_targets), lora_dropout=float(lora_dropout),
+              lora_targets=tuple(lora_targets), lora_dropout=float(lora_dropout), lora_encoder=bool(lora_encoder),
               audio_seconds=float(audio_seconds), label_tokens=int(label_tokens), device=device)
     s.check()
     mem = memory(info, s)
@@ -682,11 +697,13 @@ def estimate(model, mode: str = "full", batch_size: int = 8, *, grad_accum: int 
         notes.append(f"utilisation {util:.0%} measured by --calibrate on {calibration['device']}")
     else:
         notes.append(f"utilisation {util:.0%} of peak FLOP/s assumed (--calibrate measures it)")
-    n_clips = None
-    if dataset_hours:
+    n_clips = clips
+    if dataset_hours and not clips:
         n_clips = max(1, round(dataset_hours * 3600 / clip_seconds))
+    if n_clips:
         if info.family == "whisper":
-            notes.append(f"{n_clips} clips of {clip_seconds:g} s on average, each padded to "
+            avg = "" if clips else f" of {clip_seconds:g} s on average"
+            notes.append(f"{n_clips} clips{avg}, each padded to "
                          f"{audio_seconds:g} s by Whisper's feature extractor: compute is per clip, not per second")
         else:
             notes.append(f"{n_clips} clips of {clip_seconds:g} s, estimated as padded to --audio-seconds "
@@ -695,7 +712,7 @@ def estimate(model, mode: str = "full", batch_size: int = 8, *, grad_accum: int 
         typical = memory(info, replace(s, label_tokens=64, device="cuda"))["total"]
         notes.append(f"label tokens 448 = Whisper's maximum, the worst case; with 64 (a 5-10 s sentence) the "
                      f"peak is {typical / GiB:.1f} GiB: pass --label-tokens for your data")
-    if mode == "freeze-encoder" and encoder_cache and epochs > 1 and info.family == "whisper":
+    if encoder_frozen(s) and encoder_cache and epochs > 1 and info.family == "whisper":
         notes.append("epochs after the first reuse cached encoder outputs (speechtune train does this "
                      "when no audio augmentation is on)")
     if info.family == "ctc" and mode != "full":
@@ -712,29 +729,25 @@ def estimate(model, mode: str = "full", batch_size: int = 8, *, grad_accum: int 
             continue
         total = mem_gpu["total"]
         status = "fits" if total <= budget * FIT_FRACTION else ("tight" if total <= budget else "no")
-        step, epoch, tot = _gpu_time(info, s, g, util, fl["step"], n_clips, epochs, encoder_cache, fl)
-        if calibration and calibration.get("gpu") == g.name and calibration.get("step_seconds"):
-            step = calibration["step_seconds"] * fl["step"] / calibration["flops_per_step"]
-            if n_clips:
-                epoch = math.ceil(n_clips / (s.batch_size * s.grad_accum)) * step / 3600
-                tot = epoch * epochs
+        rate = g.peak_flops(precision) * util
+        if calibration and calibration.get("gpu") == g.name and calibration.get("achieved_flops"):
+            rate = calibration["achieved_flops"]      # measured on this very GPU
+        step, epoch, tot = _times(s, rate, fl, n_clips, epochs, encoder_cache)
         cost = tot * price if tot is not None else None
         rows.append(GpuRow(g.name, g.memory_gib, status, (budget - total) / GiB,
                            max_batch(info, replace(s, device="cuda"), budget * FIT_FRACTION),
                            step, epoch, tot, cost, price))
     if calibration and calibration.get("device") == "cpu" and calibration.get("achieved_flops"):
-        step = fl["step"] / calibration["achieved_flops"]
-        epoch = math.ceil(n_clips / (s.batch_size * s.grad_accum)) * step / 3600 if n_clips else None
-        rows.append(GpuRow("this CPU", 0.0, "measured", 0.0, 0, step, epoch,
-                           epoch * epochs if epoch is not None else None, None, 0.0))
+        step, epoch, tot = _times(s, calibration["achieved_flops"], fl, n_clips, epochs, encoder_cache)
+        rows.append(GpuRow("this CPU", 0.0, "measured", 0.0, 0, step, epoch, tot, None, 0.0))
     est = Estimate(model=info.name, family=info.family, mode=mode, precision=precision, optimizer=optimizer,
                    batch_size=s.batch_size, grad_accum=s.grad_accum, grad_checkpointing=s.grad_checkpointing,
                    lora_rank=s.lora_rank if mode == "lora" else None, audio_seconds=s.audio_seconds,
                    label_tokens=s.label_tokens, params_total=info.total, params_trainable=mem["trainable_params"],
                    memory=mem, flops_per_step=fl["step"], utilisation=util, gpus=rows, notes=notes,
-                   calibration=calibration, clips_per_epoch=n_clips, epochs=epochs if dataset_hours else None)
+                   calibration=calibration, clips_per_epoch=n_clips, epochs=epochs if n_clips else None)
     if recommend:
-        est.recommendation = _recommend(est, info, s, dict(dataset_hours=dataset_hours, epochs=epochs,
+        est.recommendation = _recommend(est, info, s, dict(dataset_hours=dataset_hours, clips=clips, epochs=epochs,
                                                            clip_seconds=clip_seconds, gpus=gpus,
                                                            utilisation=util, prices=prices,
                                                            encoder_cache=encoder_cache))
@@ -769,8 +782,8 @@ def _cheapest(est: Estimate):
 def _line(est: Estimate, row) -> str:
     gb = f"{row.memory_gib:.0f} GiB"
     if row.total_hours is not None:
-        t = f"{row.total_hours:.1f} h" if row.total_hours >= 1 else f"{row.total_hours * 60:.0f} min"
-        return f"{row.gpu} {gb}: {_describe(est)}; {t}, ${row.cost_usd:.2f}"
+        t = f"{row.total_hours:.1f} h" if row.total_hours >= 1 else f"{max(row.total_hours * 60, 1):.0f} min"
+        return f"{row.gpu} {gb}: {_describe(est)}; {t}, ${max(row.cost_usd, 0.01):.2f}"
     return f"{row.gpu} {gb}: {_describe(est)}; {row.step_seconds:.2f} s/step (~${row.usd_per_hour:.2f}/h)"
 
 
@@ -794,7 +807,8 @@ def _recommend(est: Estimate, info: ModelInfo, s: Setup, kw: dict) -> str:
                                  grad_checkpointing=True))
     base = dict(mode=s.mode, batch_size=s.batch_size, grad_accum=s.grad_accum, precision=s.precision,
                 optimizer=s.optimizer, grad_checkpointing=s.grad_checkpointing, lora_rank=s.lora_rank,
-                lora_targets=s.lora_targets, lora_dropout=s.lora_dropout, audio_seconds=s.audio_seconds,
+                lora_targets=s.lora_targets, lora_dropout=s.lora_dropout, lora_encoder=s.lora_encoder,
+                audio_seconds=s.audio_seconds,
                 label_tokens=s.label_tokens)
     for v in variants:
         alt = estimate(info, **{**base, **v}, **kw, recommend=False)
@@ -810,22 +824,65 @@ def _gib(x: float) -> str:
     return f"{x / GiB:.1f}"
 
 
-def format_summary(est: Estimate, device_bytes: int | None = None) -> str:
-    """A few lines for `speechtune train` to print before it starts; warns when the run will not fit."""
+def format_summary(est, n_clips: int | None = None, device_bytes: int | None = None, **options) -> str:
+    """A few lines for `speechtune train` to print before it starts; warns when the run will not fit.
+
+    `est` is an Estimate, or a training config (speechtune.train's TrainConfig or anything with the same
+    field names) that is turned into one for the device this process will train on; `options` override
+    estimate() arguments (e.g. label_tokens=<longest label in the data>).
+    """
+    if not isinstance(est, Estimate):
+        est, device_bytes = _estimate_for_training(est, n_clips, device_bytes, options)
     m = est.memory
     lines = [f"estimate: {est.model} {est.mode}, {est.precision}, batch {est.batch_size}"
              f"{' x' + str(est.grad_accum) if est.grad_accum > 1 else ''}: peak {_gib(m['total'])} GiB "
              f"(weights {_gib(m['weights'])}, gradients {_gib(m['gradients'])}, optimizer {_gib(m['optimizer'])}, "
              f"activations {_gib(m['activations'])}, overhead {_gib(m['overhead'])}); "
              f"{est.params_trainable / 1e6:.1f}M of {est.params_total / 1e6:.1f}M parameters train"]
-    if device_bytes:
-        if not est.fits(device_bytes):
-            lines.append(f"warning: this needs about {_gib(m['total'])} GiB but the device has "
-                         f"{_gib(device_bytes)} GiB; lower --batch-size (with --grad-accum), turn on gradient "
-                         "checkpointing, or use --mode lora")
+    timed = [r for r in est.gpus if r.step_seconds and r.status != "no"]
+    if len(est.gpus) == 1 and timed:
+        r = timed[0]
+        when = f", {_hours_text(r.total_hours)} for {est.epochs:g} epoch(s)" if r.total_hours else ""
+        lines.append(f"on {r.gpu}: about {r.step_seconds:.2g} s per step{when} "
+                     f"(at {est.utilisation:.0%} of peak FLOP/s, an assumption)")
+    if device_bytes and not est.fits(device_bytes):
+        lines.append(f"warning: this needs about {_gib(m['total'])} GiB but the device has "
+                     f"{_gib(device_bytes)} GiB; lower --batch-size (with --grad-accum), turn on gradient "
+                     "checkpointing, or use --mode lora")
     if est.recommendation:
         lines.append(f"cheapest GPU that fits: {est.recommendation}")
     return "\n".join(lines)
+
+
+def _hours_text(h: float) -> str:
+    return f"{h:.1f} h" if h >= 1 else f"{max(h * 60, 1):.0f} min"
+
+
+def _estimate_for_training(cfg, n_clips, device_bytes, options) -> tuple:
+    import torch
+    get = lambda name, default=None: getattr(cfg, name, default)  # noqa: E731
+    device = str(get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.startswith("cuda")
+    precision = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(get("precision", "auto"))
+    if precision is None:       # "auto", as the trainer resolves it
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "fp32"
+    gpus = None
+    if on_gpu:
+        props = torch.cuda.get_device_properties(torch.device(device))
+        device_bytes = device_bytes or props.total_memory
+        g = catalog.find_gpu(_gpu_catalog_name(props.name))
+        gpus = [g.name] if g else None
+    kw = dict(grad_accum=get("grad_accum", 1), precision=precision,
+              grad_checkpointing=bool(get("gradient_checkpointing", get("grad_checkpointing", False))),
+              lora_rank=get("lora_r", get("lora_rank", 16)), lora_targets=tuple(get("lora_targets", ("q_proj", "v_proj"))),
+              lora_dropout=get("lora_dropout", 0.0), lora_encoder=bool(get("lora_encoder", True)),
+              epochs=get("epochs", 1.0) or 1.0, clips=n_clips, device="cuda" if on_gpu else "cpu",
+              gpus=gpus or ["A10"], recommend=False)
+    kw.update(options)
+    est = estimate(get("model"), get("mode", "full"), get("batch_size", 8), **kw)
+    if not on_gpu:
+        est.gpus = []           # no GPU here: the memory figure is the CPU run's; no GPU timing to show
+    return est, device_bytes
 
 
 # ------------------------------------------------------------------------------------------ calibration

@@ -27,6 +27,8 @@ class EstimateConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
                                     metadata={"help": "linears that get LoRA adapters, in every attention"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_encoder: bool = field(default=True, metadata={"help": "Whisper: adapters in the encoder too "
+                                                       "(--no-lora-encoder: decoder only, encoder outputs cached)"})
     batch_size: int = field(default=8, metadata={"help": "clips per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     precision: str = field(default="bf16", metadata={"choices": ["fp32", "bf16", "fp16"],
@@ -78,14 +80,13 @@ def run(cfg: EstimateConfig):
         raise SpeechtuneError("--utilisation must be in (0, 1]")
     common = dict(grad_accum=cfg.grad_accum, precision=cfg.precision, optimizer=cfg.optimizer,
                   grad_checkpointing=cfg.grad_checkpointing, lora_rank=cfg.lora_rank,
-                  lora_targets=tuple(cfg.lora_targets), lora_dropout=cfg.lora_dropout,
+                  lora_targets=tuple(cfg.lora_targets), lora_dropout=cfg.lora_dropout, lora_encoder=cfg.lora_encoder,
                   audio_seconds=cfg.audio_seconds, label_tokens=cfg.label_tokens)
     cal = None
     if cfg.calibrate:
         import torch
-        precision = cfg.precision
-        if not torch.cuda.is_available() and precision == "fp16":
-            precision = "fp32"          # no fp16 autocast on CPU; the FLOP/s measured in fp32 is still useful
+        # On a CPU, training runs in fp32 (speechtune train autocasts on CUDA only): calibrate what would run.
+        precision = cfg.precision if torch.cuda.is_available() else "fp32"
         cal = calibrate(cfg.model, cfg.mode, cfg.batch_size, steps=cfg.calibrate_steps,
                         **{**common, "precision": precision})
     return estimate(cfg.model, cfg.mode, cfg.batch_size, **common, dataset_hours=cfg.dataset_hours,
@@ -96,7 +97,15 @@ def run(cfg: EstimateConfig):
 def _hours(h):
     if h is None:
         return "-"
+    if h < 1 / 60:
+        return "<1 min"
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
+
+
+def _money(usd):
+    if usd is None:
+        return "-"
+    return "<0.01" if usd < 0.01 else f"{usd:.2f}"
 
 
 def render(est, console) -> None:
@@ -110,8 +119,7 @@ def render(est, console) -> None:
             f"{', gradient checkpointing' if est.grad_checkpointing else ''}; audio {est.audio_seconds:g} s, "
             f"{est.label_tokens} label tokens")
     console.print(head)
-    mem = Table(title="GPU memory at the peak", title_justify="left", caption=f"peak during {m['peak_at']}",
-                caption_justify="left")
+    mem = Table(title="GPU memory at the peak", title_justify="left")
     mem.add_column("component")
     mem.add_column("GiB", justify="right")
     for key, label in (("weights", "weights (fp32 master copy)"), ("gradients", "gradients alive at the peak"),
@@ -120,6 +128,7 @@ def render(est, console) -> None:
         mem.add_row(label, f"{m[key] / GiB:.2f}")
     mem.add_row("[bold]peak total[/]", f"[bold]{m['total'] / GiB:.2f}[/]")
     console.print(mem)
+    console.print(f"  the peak comes during the {m['peak_at']}")
     t = Table(title="per GPU", title_justify="left")
     for col in ("GPU", "memory GiB", "fits", "headroom GiB", "max batch", "s/step", "epoch", "total", "cost $",
                 "$/h"):
@@ -130,7 +139,7 @@ def render(est, console) -> None:
                   f"{r.headroom_gib:.1f}" if r.memory_gib and r.step_seconds else "-",
                   str(r.max_batch) if r.memory_gib and r.step_seconds else "-",
                   f"{r.step_seconds:.3g}" if r.step_seconds else "-", _hours(r.epoch_hours),
-                  _hours(r.total_hours), f"{r.cost_usd:.2f}" if r.cost_usd is not None else "-",
+                  _hours(r.total_hours), _money(r.cost_usd),
                   f"{r.usd_per_hour:.2f}" if r.memory_gib else "-")
     console.print(t)
     if est.calibration:
