@@ -12,6 +12,7 @@ import gc
 import os
 from pathlib import Path
 
+from .errors import SpeechtuneError
 from .evaluate import (_load, _write_atomic, add_decoding_arguments, load_rows, score_language, score_rows,
                        speed, transcribe_rows, warm_up, write_json, write_jsonl)
 from .metrics.bootstrap import paired_bootstrap, verdict, verdict_line
@@ -69,8 +70,6 @@ def compare(base, tuned, data, guard=None, guard_threshold: float = 1.0, out: st
             n_resamples: int = 2000, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
     """Compare two models (specs or loaded bundles) on a manifest. Returns the metrics.json dict plus
     `per_clip` and `guard_per_clip` (paired per-clip rows); writes the report files under `out` when given."""
-    from .errors import SpeechtuneError
-
     if n_resamples < 1000:
         raise SpeechtuneError(f"--resamples {n_resamples} is too few for a 95% interval", "use 1000 or more")
     rows, where = load_rows(data)

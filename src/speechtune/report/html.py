@@ -30,6 +30,7 @@ thead th{background:#eceff3;font-weight:600}
 .figs{display:grid;grid-template-columns:1fr 1fr;gap:14px}
 .figs img{width:100%;background:#fff;border-radius:6px;border:1px solid #e3e6ea}
 .diff td{text-align:left;font-size:13px}
+.diff th:nth-child(1){width:70px;text-align:right}.diff th:nth-child(2){width:130px;text-align:right}
 .diff td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 .diff tr.up td:first-child{border-left:4px solid #d6453d}.diff tr.down td:first-child{border-left:4px solid #2e9d57}
 .diff tr.flat td:first-child{border-left:4px solid #c9ced5}.diff tr.up td.num:first-child{color:#b3261e;font-weight:600}
