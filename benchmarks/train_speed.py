@@ -74,6 +74,7 @@ def run_hf_trainer(data: Path, out: Path, target: float, budget: float) -> dict:
 
     path = resolve_model("tiny.en")
     processor = WhisperProcessor.from_pretrained(path)
+    processor.tokenizer.pad_token = processor.tokenizer.eos_token  # the hub's tiny.en tokenizer has this set
     model = WhisperForConditionalGeneration.from_pretrained(path)
     rows = read_manifest(data / "train.jsonl")
 
@@ -103,17 +104,26 @@ def run_hf_trainer(data: Path, out: Path, target: float, budget: float) -> dict:
         def on_train_begin(self, *a, **k):
             self.t = time.time()
 
-        def on_epoch_end(self, args, state, control, **k):
+        def _eval(self, state):
             log["train_s"] += time.time() - self.t
             wer = score(model, processor, path, valid)
-            log["evals"].append({"epoch": round(state.epoch), "train_s": round(log["train_s"], 1), "valid": wer})
-            print(f"(a) epoch {state.epoch:.0f}: train {log['train_s']:.0f} s, WER {wer:.2%}", flush=True)
-            if wer <= target or log["train_s"] >= budget:
-                control.should_training_stop = True
+            log["evals"].append({"step": state.global_step, "train_s": round(log["train_s"], 1), "valid": wer})
+            print(f"(a) step {state.global_step}: train {log['train_s']:.0f} s, WER {wer:.2%}", flush=True)
             self.t = time.time()
+            return wer
+
+        def on_step_end(self, args, state, control, **k):
+            log["steps"] = state.global_step
+            if log["train_s"] + time.time() - self.t >= budget:
+                self._eval(state)
+                control.should_training_stop = True
+
+        def on_epoch_end(self, args, state, control, **k):
+            if not control.should_training_stop and self._eval(state) <= target:
+                control.should_training_stop = True
 
     args = Seq2SeqTrainingArguments(
-        output_dir=str(out / "a"), per_device_train_batch_size=8, learning_rate=1e-5, warmup_ratio=0.1,
+        output_dir=str(out / "a"), per_device_train_batch_size=8, learning_rate=1e-5, warmup_steps=19,
         num_train_epochs=30, weight_decay=0.0, save_strategy="no", eval_strategy="no", logging_steps=10,
         report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0)
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=DS(), data_collator=collate,
@@ -127,24 +137,29 @@ def run_hf_trainer(data: Path, out: Path, target: float, budget: float) -> dict:
 def run_speechtune(mode: str, data: Path, out: Path, target: float, budget: float, **kw) -> dict:
     from speechtune.train.recipe import TrainConfig, train
 
-    cfg = TrainConfig(model="tiny.en", data=str(data), out=str(out / mode), mode=mode, epochs=30,
+    cfg = TrainConfig(model="tiny.en", data=str(data), out=str(out / mode), mode=mode, epochs=30, warmup_ratio=1 / 30,
                       stop_at=target, overwrite=True, tensorboard=False, **kw)
-    # Budget: stop after the first evaluation past it (the loop's own hook sees every step).
+    # Budget: the loop's per-step hook stops the run once its training time passes the budget.
     from speechtune.train import loop
-    real = loop.run_evals
+    t0 = time.time()
 
-    def capped(*a, **k):
-        rec = real(*a, **k)
-        if rec["train_s"] >= budget:
-            a[4]["stopped"] = f"budget of {budget:.0f} s reached"
-        return rec
-    loop.run_evals = capped
+    def capped(step, state):
+        if time.time() - t0 - sum(e.get("eval_s", 0) for e in state["evals"]) >= budget and not state["stopped"]:
+            state["stopped"] = f"budget of {budget:.0f} s reached"
+    loop.after_step = capped
     try:
         train(cfg)
     finally:
-        loop.run_evals = real
+        loop.after_step = lambda step, state: None
     s = json.loads((out / mode / "training_summary.json").read_text())
-    return {"evals": s["evals"], "train_s": s["train_s"], "samples_per_s": s["samples_per_s"]}
+    evals = [e for e in s["evals"] if e["step"] > 0]
+    if not evals or evals[-1]["step"] != s["steps"]:  # stopped by the budget between evaluations
+        from speechtune.models import load_model
+        w = load_model(out / mode, device="cpu")
+        evals.append({"step": s["steps"], "train_s": s["train_s"],
+                      "valid": score(w.model, w.processor, w.path, eval_set(data / "valid.jsonl"))})
+    return {"evals": evals, "train_s": s["train_s"], "steps": s["steps"], "samples_per_s": s["samples_per_s"],
+            "base_valid": s["base"]["valid"], "stopped": s["stopped"]}
 
 
 def main() -> None:
@@ -152,8 +167,10 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/train_speed")
     ap.add_argument("--only", nargs="+", default=["c", "d", "b", "a"])
     ap.add_argument("--target", type=float, default=0.02)
-    ap.add_argument("--budget-s", type=float, default=600)
+    ap.add_argument("--budget-s", type=float, default=600, help="training-time cap for (a) and (b)")
+    ap.add_argument("--budget-fast-s", type=float, default=900, help="training-time cap for (c) and (d)")
     ap.add_argument("--guard", help="general-speech manifest scored on each final model")
+    ap.add_argument("--guard-clips", type=int, default=20, help="first N clips of --guard")
     args = ap.parse_args()
     out = Path(args.out)
     data = build_corpus(out / "data")
@@ -166,23 +183,25 @@ def main() -> None:
             r = run_hf_trainer(data, out, args.target, args.budget_s)
             model_dir = out / "a" / "model"
         else:
-            r = run_speechtune(modes[key], data, out, args.target, args.budget_s)
+            r = run_speechtune(modes[key], data, out, args.target,
+                               args.budget_s if key == "b" else args.budget_fast_s)
             model_dir = out / modes[key]
         r["wall_s"] = round(time.time() - t, 1)
-        hit = next((e for e in r["evals"] if e["valid"] <= args.target and e.get("step", 1) != 0), None)
+        hit = next((e for e in r["evals"] if e["valid"] <= args.target), None)
         r["time_to_target_s"] = hit["train_s"] if hit else None
         r["final_wer"] = r["evals"][-1]["valid"]
+        r["s_per_step"] = round(r["evals"][-1]["train_s"] / max(r["evals"][-1]["step"], 1), 2)
         if args.guard:
             from speechtune.models import load_model
             w = load_model(model_dir, device="cpu")
-            r["guard_wer"] = score(w.model, w.processor, w.path, eval_set(Path(args.guard)))
+            r["guard_wer"] = score(w.model, w.processor, w.path, eval_set(Path(args.guard), args.guard_clips))
         results[key] = r
         results_path.write_text(json.dumps(results, indent=2))
         print(key, json.dumps({k: v for k, v in r.items() if k != "evals"}), flush=True)
     if args.guard and "base" not in results:
         from speechtune.models import load_model
         w = load_model("tiny.en", device="cpu")
-        results["base"] = {"guard_wer": score(w.model, w.processor, w.path, eval_set(Path(args.guard))),
+        results["base"] = {"guard_wer": score(w.model, w.processor, w.path, eval_set(Path(args.guard), args.guard_clips)),
                            "valid_wer": score(w.model, w.processor, w.path, eval_set(data / "valid.jsonl"))}
         results_path.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "evals"} for k, v in results.items()}, indent=2))

@@ -141,7 +141,7 @@ def test_resume_gives_the_same_weights(tiny_whisper_dir, prepared, tmp_path, mon
     class Killed(Exception):
         pass
 
-    def kill_at_4(step):
+    def kill_at_4(step, state):
         if step == 4:
             raise Killed
     monkeypatch.setattr(loop, "after_step", kill_at_4)

@@ -26,10 +26,11 @@ def compute_loss(model, clips, idx, cache, cfg, step: int):
     """Mean cross-entropy of one micro-batch: from cached encoder outputs, or features through the encoder."""
     import torch
 
-    device, dtype = model.device, next(model.parameters()).dtype
+    inner = getattr(model, "module", model)  # under DDP, the HF model is wrapped
+    device, dtype = inner.device, next(inner.parameters()).dtype
     labels = collate_labels([clips.labels[i] for i in idx]).to(device)
     if cache is not None:
-        hidden = cache.batch(idx, clips, model.get_encoder(), device, dtype)
+        hidden = cache.batch(idx, clips, inner.get_encoder(), device, dtype)
         return model(encoder_outputs=(hidden,), labels=labels).loss
     rng = np.random.default_rng([cfg.seed, step, idx[0]])  # augmentation draws depend on position only
     features = clips.features(idx, rng, cfg.speed_perturb or (), cfg.noise_snr).to(device, dtype)
@@ -43,16 +44,12 @@ def evaluate(whisper, eval_set: dict, batch_size: int) -> dict:
 
     was_training = whisper.model.training
     whisper.model.eval()
-    gen = whisper.model.generation_config
-    saved = gen.max_new_tokens, gen.max_length
-    gen.max_new_tokens, gen.max_length = None, eval_set["max_new_tokens"] + 4  # + the prompt tokens
     hyps = [""] * len(eval_set["wavs"])
     for lang in sorted(set(eval_set["languages"]), key=str):
         idx = [i for i, l in enumerate(eval_set["languages"]) if l == lang]
         for i, text in zip(idx, transcribe_batch(whisper, [eval_set["wavs"][i] for i in idx], lang, batch_size)):
             hyps[i] = text
     whisper.model.train(was_training)
-    gen.max_new_tokens, gen.max_length = saved
     s = score_corpus(eval_set["refs"], hyps, language=[l or "en" for l in eval_set["languages"]])
     return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}
 
@@ -188,7 +185,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
                 elif cfg.save_every and step % cfg.save_every == 0:
                     state["train_s"], t0, samples0 = elapsed, time.time(), state["samples"]
                     save(step)
-                after_step(step)
+                after_step(step, state)
                 if state["stopped"]:
                     break
             else:
@@ -207,8 +204,9 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
     return state
 
 
-def after_step(step: int) -> None:
-    """Hook called after every optimizer step (tests use it to interrupt a run at a known point)."""
+def after_step(step: int, state: dict) -> None:
+    """Hook called after every optimizer step: tests interrupt a run here, benchmarks stop it on a time budget
+    (by setting state["stopped"])."""
 
 
 def _select(state: dict, rec: dict, cfg) -> None:

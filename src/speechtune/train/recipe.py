@@ -191,12 +191,10 @@ def setup_model(cfg: TrainConfig, model):
     return peft_model, encoder_frozen
 
 
-def _eval_set(rows: list[dict], tokenizer, language) -> dict:
+def _eval_set(rows: list[dict], language) -> dict:
     from .data import read_wav
-    refs = [r["text"] for r in rows]
-    # Decoding stops at twice the longest reference: a model that loops (or a random one) cannot stall evals.
-    longest = max(len(tokenizer.encode(" " + t, add_special_tokens=False)) for t in refs)
-    return {"wavs": [read_wav(r) for r in rows], "refs": refs, "max_new_tokens": min(2 * longest + 10, 440),
+    # transcribe_batch bounds decoding by the audio length, so a looping (or random) model cannot stall evals.
+    return {"wavs": [read_wav(r) for r in rows], "refs": [r["text"] for r in rows],
             "languages": [r.get("language") or language for r in rows]}
 
 
@@ -252,9 +250,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if eval_name != "valid":
         accelerator.print("warning: valid.jsonl is empty; evaluating on a slice of train (memorisation, "
                           "not generalisation)")
-    evals = {"valid": _eval_set(rows, whisper.tokenizer, cfg.language)}
+    evals = {"valid": _eval_set(rows, cfg.language)}
     if guard_rows:
-        evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], whisper.tokenizer, cfg.language)
+        evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language)
     augment = cfg.speed_perturb or cfg.noise_snr is not None or cfg.spec_augment
     cache = EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb) if encoder_frozen and not augment else None
 
