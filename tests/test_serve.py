@@ -230,6 +230,13 @@ def test_graceful_shutdown_finishes_in_flight_request(random_ct2, clip):
         httpx.get(s.url + "/health", timeout=2)
 
 
+def test_two_model_workers_serve_concurrent_requests(random_ct2, clip):
+    with start_server(random_ct2, workers=2, max_batch=2) as s, concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = [r.status_code for r in pool.map(lambda _: post(s.url, clip.read_bytes()), range(6))]
+        assert codes == [200] * 6
+        assert len(s.app.state.serve["worker"]._threads) == 2
+
+
 @pytest.mark.e2e
 def test_openai_client_transcribes_and_16_concurrent_succeed(tiny_en_ct2, clip):
     from openai import OpenAI

@@ -54,7 +54,8 @@ def compute_type(folder: str | Path, device: str = "cpu") -> str:
 class CT2Whisper:
     """A CTranslate2 Whisper folder loaded with faster-whisper."""
 
-    def __init__(self, folder: str | Path, device: str = "cpu", compute: str | None = None, threads: int = 0):
+    def __init__(self, folder: str | Path, device: str = "cpu", compute: str | None = None, threads: int = 0,
+                 workers: int = 1):
         from faster_whisper import WhisperModel
 
         self.path = Path(folder)
@@ -62,7 +63,7 @@ class CT2Whisper:
             raise SpeechtuneError(f"{folder}: CTranslate2 folder has no tokenizer.json (faster-whisper would "
                                   "try to download one)", "re-export with `speechtune export --format ct2`")
         self.fw = WhisperModel(str(self.path), device=device, compute_type=compute or compute_type(folder, device),
-                               cpu_threads=threads or (os.cpu_count() or 1))
+                               cpu_threads=threads or max(1, (os.cpu_count() or 1) // workers), num_workers=workers)
         self.multilingual = self.fw.model.is_multilingual
         # faster-whisper assumes Whisper's 448 decoder positions; a smaller model must stop at its own limit.
         meta = self.path / "speechtune_export.json"

@@ -36,6 +36,7 @@ class ServeConfig:
     backend: str = "auto"  # auto (CT2 through faster-whisper) | hf
     device: str = "cpu"
     threads: int = 0
+    workers: int = 1  # model calls run in parallel (CT2 backend), each on threads // workers cores
     api_key: str | None = None
     max_upload_mb: float = 25.0
     max_queue: int = 64
@@ -132,9 +133,10 @@ def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
     def load():
         try:
             from .worker import Worker, load_backend
-            b = backend or load_backend(cfg.model, cfg.backend, cfg.device, cfg.threads)
+            b = backend or load_backend(cfg.model, cfg.backend, cfg.device, cfg.threads, cfg.workers)
             state["backend"] = b
-            state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe)
+            state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe,
+                                     threads=cfg.workers if b.name == "ct2" else 1)
             metrics.ready.set(1)
             log.info("model ready: %s (%s backend)", b.path, b.name)
         except SpeechtuneError as e:

@@ -30,10 +30,13 @@ def add_arguments(p) -> None:
                    help="auto: CTranslate2 via faster-whisper; hf: transformers generate")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default: all cores)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="model calls run in parallel, each on threads/workers cores (CT2 backend; default: 1)")
 
 
 def config_from_args(args) -> ServeConfig:
     return ServeConfig(model=args.model, backend=args.backend, device=args.device, threads=args.threads,
+                       workers=args.workers,
                        api_key=args.api_key or os.environ.get("SPEECHTUNE_API_KEY") or None,
                        max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, max_batch=args.batch_size)
 
@@ -49,7 +52,7 @@ def _uvicorn_server(cfg: ServeConfig, host: str, port: int, backend=None, log_le
 
 def main(args) -> int:
     from ..errors import SpeechtuneError
-    for name in ("max_queue", "batch_size"):
+    for name in ("max_queue", "batch_size", "workers"):
         if getattr(args, name) < 1:
             raise SpeechtuneError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_upload_mb <= 0:

@@ -58,9 +58,10 @@ class CT2Backend:
     name = "ct2"
     batched = True
 
-    def __init__(self, folder: Path, device: str = "cpu", threads: int = 0):
+    def __init__(self, folder: Path, device: str = "cpu", threads: int = 0, workers: int = 1):
         from ..export.ct2 import CT2Whisper
-        self.runtime = CT2Whisper(folder, device=device, threads=threads)
+        # workers > 1: CTranslate2 runs that many calls in parallel, each on threads // workers cores.
+        self.runtime = CT2Whisper(folder, device=device, threads=threads, workers=workers)
         self.multilingual = self.runtime.multilingual
         self.path = Path(folder)
 
@@ -158,24 +159,26 @@ def prepare_model(spec, backend: str = "auto") -> Path:
     return resolve_model(spec) if backend == "hf" else ct2_for(spec)
 
 
-def load_backend(spec, backend: str = "auto", device: str = "cpu", threads: int = 0):
+def load_backend(spec, backend: str = "auto", device: str = "cpu", threads: int = 0, workers: int = 1):
     folder = prepare_model(spec, backend)
     if backend == "hf":
         return HFBackend(folder, device=device)
-    return CT2Backend(folder, device=device, threads=threads)
+    return CT2Backend(folder, device=device, threads=threads, workers=workers)
 
 
 class Worker:
-    """One thread running the model; a bounded queue in front of it."""
+    """Thread(s) running the model (one per backend worker); a bounded queue in front of them."""
 
-    def __init__(self, backend, max_queue: int = 64, max_batch: int = 8, on_batch=None):
+    def __init__(self, backend, max_queue: int = 64, max_batch: int = 8, on_batch=None, threads: int = 1):
         self.backend = backend
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.max_batch = max_batch
         self.on_batch = on_batch or (lambda n: None)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="speechtune-worker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"speechtune-worker-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
 
     def depth(self) -> int:
         return self.queue.qsize()
@@ -232,4 +235,5 @@ class Worker:
     def stop(self, timeout: float | None = 60) -> None:
         """Finish everything already queued, then stop the thread."""
         self._stop.set()
-        self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
