@@ -179,6 +179,7 @@ class Setup:
 
 @dataclass
 class Block:
+    key: str               # matches _block_of() for parameter names
     name: str
     act: float = 0.0       # bytes saved for backward
     grad: float = 0.0      # bytes of gradients of this block's trainable parameters
@@ -390,7 +391,7 @@ def _finish_layer(blk: Block, s: Setup, by: _Bytes, act, trans, fwd, bwd, n_lin,
 
 def _whisper_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     c, by, B = info.config, _Bytes(s), s.batch_size
-    d, V, a = c.d_model, c.vocab_size, _Bytes(s).a
+    d, V, a = c.d_model, c.vocab_size, by.a
     T = max(1, round(c.max_source_positions * s.audio_seconds / 30.0))
     L = min(s.label_tokens, c.max_target_positions)
     se, sd = B * T, B * L
@@ -400,7 +401,7 @@ def _whisper_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     enc_active = full or bool(enc_lora)
     blocks = []
 
-    stem = Block("encoder conv front end")
+    stem = Block("stem", "encoder conv front end")
     mel = c.num_mel_bins
     f1, b1 = _lin(B * 2 * T, mel * 3, d, full, False)
     f2, b2 = _lin(B * T, d * 3, d, full, full)
@@ -415,25 +416,26 @@ def _whisper_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
         act, trans, fwd, bwd, n_lin = _attn_layer(
             s, by, tokens=se, d=d, heads=c.encoder_attention_heads, ffn=c.encoder_ffn_dim, B=B, T=T,
             train_w=full, grad_in=full or (bool(enc_lora) and i > 0), lora=enc_lora)
-        blocks.append(_finish_layer(Block(f"encoder layer {i}"), s, by, act, trans, fwd, bwd, n_lin,
-                                    se * d * 4, enc_active))
+        blk = Block(f"enc{i}", f"encoder layer {i}")
+        blocks.append(_finish_layer(blk, s, by, act, trans, fwd, bwd, n_lin, se * d * 4, enc_active))
 
     # The fp32 encoder output stays alive to the end: the model output holds it and every cross-attention
     # k/v projection reads it.
-    enc_final = Block("encoder final norm", act=se * d * 4 + ((se * d * 4 + 2 * se * 4) if enc_active else 0))
-    blocks.append(enc_final)
+    held = se * d * 4
+    blocks.append(Block("enc_final", "encoder final norm", act=held + (held + 2 * se * 4 if enc_active else 0)))
 
     dec_train = not lora
-    blocks.append(Block("decoder embeddings", trans=2 * V * d * 4 if dec_train else 0))
+    blocks.append(Block("dec_embed", "decoder embeddings", trans=2 * V * d * 4 if dec_train else 0))
     for j in range(c.decoder_layers):
         act, trans, fwd, bwd, n_lin = _attn_layer(
             s, by, tokens=sd, d=d, heads=c.decoder_attention_heads, ffn=c.decoder_ffn_dim, B=B, T=L,
             train_w=dec_train, grad_in=dec_train or j > 0, lora=lora_set, cross=(se, T, enc_active))
-        blocks.append(_finish_layer(Block(f"decoder layer {j}"), s, by, act, trans, fwd, bwd, n_lin,
-                                    sd * d * 4, True))
+        blk = Block(f"dec{j}", f"decoder layer {j}")
+        blocks.append(_finish_layer(blk, s, by, act, trans, fwd, bwd, n_lin, sd * d * 4, True))
 
-    blocks.append(Block("decoder final norm", act=sd * d * 4 + 2 * sd * 4 + by.inputs(int(dec_train), sd * d)))
-    head = Block("LM head + loss", act=sd * V * 4 + (2 * V * d if by.auto else 0))
+    blocks.append(Block("dec_final", "decoder final norm",
+                        act=sd * d * 4 + 2 * sd * 4 + by.inputs(int(dec_train), sd * d)))
+    head = Block("head", "LM head + loss", act=sd * V * 4 + (2 * V * d if by.auto else 0))
     head.trans = 2 * sd * V * 4 + (sd * V * 2 if by.auto else 0)
     head.fwd, head.bwd = _lin(sd, d, V, dec_train, True)
     blocks.append(head)
@@ -461,7 +463,7 @@ def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     stable = c.do_stable_layer_norm
     blocks = []
 
-    stem = Block("feature encoder (CNN)")
+    stem = Block("stem", "feature encoder (CNN)")
     cin, t_in = 1, samples
     for i, (cout, k, t) in enumerate(zip(c.conv_dim, c.conv_kernel, lengths)):
         f, b = _lin(B * t, cin * k, cout, full, full and i > 0)
@@ -480,7 +482,7 @@ def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     blocks.append(stem)
 
     proj_active = not lora
-    proj = Block("feature projection + positional conv")
+    proj = Block("proj", "feature projection + positional conv")
     C = c.conv_dim[-1]
     k_pos, g_pos = c.num_conv_pos_embeddings, c.num_conv_pos_embedding_groups
     f, b = _lin(tok, C, d, proj_active, full)
@@ -501,12 +503,12 @@ def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
             s, by, tokens=tok, d=d, heads=c.num_attention_heads, ffn=c.intermediate_size, B=B, T=T,
             train_w=not lora, grad_in=not lora or i > 0, lora=lora_set, pre_ln=stable,
             drop=(c.hidden_dropout, c.activation_dropout), out_copy=False)
-        blocks.append(_finish_layer(Block(f"encoder layer {i}"), s, by, act, trans, fwd, bwd, n_lin,
-                                    tok * d * 4, True))
+        blk = Block(f"enc{i}", f"encoder layer {i}")
+        blocks.append(_finish_layer(blk, s, by, act, trans, fwd, bwd, n_lin, tok * d * 4, True))
     if stable:
-        blocks.append(Block("encoder final norm", act=tok * d * 4 + 2 * tok * 4))
+        blocks.append(Block("enc_final", "encoder final norm", act=tok * d * 4 + 2 * tok * 4))
     S = max(1, min(s.label_tokens, T // 2))
-    head = Block("CTC head + loss")
+    head = Block("head", "CTC head + loss")
     head.act = (tok * d * by.mask if c.final_dropout > 0 else 0) + by.inputs(int(not lora), tok * d)
     head.act += tok * V * 4 + B * T * (2 * S + 1) * 4          # log-probs + CTC forward variables
     head.trans = 2 * tok * V * 4 + B * T * (2 * S + 1) * 4
@@ -518,24 +520,10 @@ def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
 def step_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     """Blocks of one micro-batch in forward order, with gradient bytes filled in; plus persistent bytes."""
     blocks, persistent = (_whisper_blocks if info.family == "whisper" else _ctc_blocks)(info, s)
-    trainable = trainable_by_block(info, s)
-    index = {}
-    for b in blocks:
-        key = _block_key(b.name)
-        index[key] = b
-    for key, n in trainable.items():
-        target = index.get(key) or blocks[-1]
-        target.grad += n * 4
+    index = {b.key: b for b in blocks}
+    for key, n in trainable_by_block(info, s).items():
+        (index.get(key) or blocks[-1]).grad += n * 4
     return blocks, persistent
-
-
-def _block_key(name: str) -> str:
-    m = re.match(r"(encoder|decoder) layer (\d+)", name)
-    if m:
-        return f"{m.group(1)[:3]}{m.group(2)}"
-    return {"encoder conv front end": "stem", "feature encoder (CNN)": "stem", "encoder final norm": "enc_final",
-            "decoder embeddings": "dec_embed", "decoder final norm": "dec_final", "LM head + loss": "head",
-            "CTC head + loss": "head", "feature projection + positional conv": "proj"}.get(name, name)
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -566,7 +554,8 @@ def memory(info: ModelInfo, s: Setup) -> dict:
             best = (act_now + g, act_now, g, f"backward of {b.name}")
     # Optimizer step: all gradients, plus one temporary of the trainable size for multi-tensor AdamW on GPU
     # (CPU runs the per-tensor loop: temporaries of the largest tensor only).
-    largest = max((n for _, n, req in info.params if req), default=0) if s.mode != "lora" else 0
+    largest = max((n for name, n, req in info.params
+                   if req and not _frozen_by_mode(info.family, s.mode, name)), default=0)
     opt_tmp = n_train * 4 if s.device == "cuda" else 2 * largest * 4
     if grads_all + opt_tmp > best[0]:
         best = (grads_all + opt_tmp, opt_tmp, grads_all, "optimizer step")
