@@ -666,7 +666,8 @@ def estimate(model, mode: str = "full", batch_size: int = 8, *, grad_accum: int 
              lora_targets=("q_proj", "v_proj"), lora_dropout: float = 0.0, lora_encoder: bool = True,
              audio_seconds: float = 30.0,
              label_tokens: int = 448, dataset_hours: float | None = None, epochs: float = 1.0,
-             clip_seconds: float = 5.0, clips: int | None = None, gpus=None, utilisation: float | None = None, prices: dict | None = None,
+             clip_seconds: float = 5.0, clips: int | None = None, gpus=None, utilisation: float | None = None,
+             prices: dict | None = None,
              device: str = "cuda", encoder_cache: bool = True, calibration: dict | None = None,
              recommend: bool = True) -> Estimate:
     """Memory, time and cost of fine-tuning `model` (catalog name, spec, config or loaded model)."""
@@ -764,7 +765,10 @@ def _describe(est: Estimate) -> str:
 
 def _cheapest(est: Estimate):
     ok = [r for r in est.gpus if r.status == "fits" and r.step_seconds]
-    key = (lambda r: (r.cost_usd, r.total_hours)) if est.clips_per_epoch else (lambda r: r.step_seconds * r.usd_per_hour)
+    if est.clips_per_epoch:
+        key = lambda r: (r.cost_usd, r.total_hours)  # noqa: E731
+    else:
+        key = lambda r: r.step_seconds * r.usd_per_hour  # noqa: E731
     return min(ok, key=key) if ok else None
 
 
@@ -863,7 +867,8 @@ def _estimate_for_training(cfg, n_clips, device_bytes, options) -> tuple:
         gpus = [g.name] if g else None
     kw = dict(grad_accum=get("grad_accum", 1), precision=precision,
               grad_checkpointing=bool(get("gradient_checkpointing", get("grad_checkpointing", False))),
-              lora_rank=get("lora_r", get("lora_rank", 16)), lora_targets=tuple(get("lora_targets", ("q_proj", "v_proj"))),
+              lora_rank=get("lora_r", get("lora_rank", 16)),
+              lora_targets=tuple(get("lora_targets", ("q_proj", "v_proj"))),
               lora_dropout=get("lora_dropout", 0.0), lora_encoder=bool(get("lora_encoder", True)),
               epochs=get("epochs", 1.0) or 1.0, clips=n_clips, device="cuda" if on_gpu else "cpu",
               gpus=gpus or ["A10"], recommend=False)
