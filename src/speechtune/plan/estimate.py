@@ -881,9 +881,10 @@ def _estimate_for_training(cfg, n_clips, device_bytes, options) -> tuple:
 
 # ------------------------------------------------------------------------------------------ calibration
 
-def _rss_status(key: str) -> int | None:
+def _proc_bytes(key: str, path: str = "/proc/self/status") -> int | None:
+    """A "Key:  123 kB" line of a /proc file, in bytes (None where there is no /proc)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key):
                     return int(line.split()[1]) * 1024
@@ -1017,7 +1018,7 @@ def calibrate(model, mode: str = "full", batch_size: int = 2, *, steps: int = 3,
             raise SpeechtuneError(
                 f"calibrating {info.name} at batch {batch_size} on this CPU would take about {guess:.0f} s per "
                 f"step ({steps + 1} steps)", "calibrate on a GPU, or with a smaller --batch-size or model")
-        avail = _meminfo_available()
+        avail = _proc_bytes("MemAvailable", "/proc/meminfo")
         if avail and predicted["total"] > 0.8 * avail:
             raise SpeechtuneError(f"calibrating needs about {_gib(predicted['total'])} GiB, this machine has "
                                   f"{_gib(avail)} GiB free", "use a smaller --batch-size or model")
@@ -1031,7 +1032,7 @@ def calibrate(model, mode: str = "full", batch_size: int = 2, *, steps: int = 3,
         base = torch.cuda.memory_allocated()
     else:
         have_hwm = _reset_peak_rss()
-        base = _rss_status("VmRSS") or 0
+        base = _proc_bytes("VmRSS") or 0
     times, cpu_times = [], []
     from tqdm import tqdm
     for i in tqdm(range(steps + 1), desc="calibrating", disable=not progress, leave=False):
@@ -1046,7 +1047,7 @@ def calibrate(model, mode: str = "full", batch_size: int = 2, *, steps: int = 3,
         peak = torch.cuda.max_memory_allocated() - base
         weights_measured = base
     else:
-        hwm = _rss_status("VmHWM") if have_hwm else None
+        hwm = _proc_bytes("VmHWM") if have_hwm else None
         peak = (hwm - base) if hwm else None
         weights_measured = None
     step_s = sorted(times)[len(times) // 2]
@@ -1065,17 +1066,6 @@ def calibrate(model, mode: str = "full", batch_size: int = 2, *, steps: int = 3,
             result.update(gpu=g.name, utilisation=achieved / peak_flops)
     del net, opt, step
     return result
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _gpu_catalog_name(device_name: str) -> str:
