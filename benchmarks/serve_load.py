@@ -20,7 +20,6 @@ import concurrent.futures
 import json
 import os
 import platform
-import statistics
 import tempfile
 import threading
 import time

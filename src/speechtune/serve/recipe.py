@@ -15,8 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-from .app import ServeConfig
-
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="CT2 export folder, or any model spec (tiny.en, base, HF folder, .pt)")
@@ -34,14 +32,15 @@ def add_arguments(p) -> None:
                    help="model calls run in parallel, each on threads/workers cores (CT2 backend; default: 1)")
 
 
-def config_from_args(args) -> ServeConfig:
+def config_from_args(args):
+    from .app import ServeConfig  # fastapi loads only when a server starts, not for `speechtune --help`
     return ServeConfig(model=args.model, backend=args.backend, device=args.device, threads=args.threads,
                        workers=args.workers,
                        api_key=args.api_key or os.environ.get("SPEECHTUNE_API_KEY") or None,
                        max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, max_batch=args.batch_size)
 
 
-def _uvicorn_server(cfg: ServeConfig, host: str, port: int, backend=None, log_level: str = "info"):
+def _uvicorn_server(cfg, host: str, port: int, backend=None, log_level: str = "info"):
     import uvicorn
 
     from .app import create_app
@@ -134,6 +133,7 @@ def start_server(model, host: str = "127.0.0.1", port: int = 0, backend=None, wa
                  log_level: str = "warning", **options) -> Server:
     """Start a server in this process (a thread) and wait until its model is loaded. `options` are
     ServeConfig fields (api_key, max_upload_mb, max_queue, max_batch, threads, backend name as `kind`)."""
+    from .app import ServeConfig
     kind = options.pop("kind", "auto")
     cfg = ServeConfig(model=str(model), backend=kind, **options)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
