@@ -110,7 +110,10 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
     steps.done()
 
     steps.start(6, "export to CTranslate2 int8, with the parity check")
-    summary = export(model_dir, "ct2", out / "export-ct2-int8", quantization="int8", data=test, overwrite=True)
+    # 20 held-out clips hold ~140 words, so one word is 0.7 pt: the demo allows 2 pt where a real test
+    # set of hundreds of clips keeps the default 0.5.
+    summary = export(model_dir, "ct2", out / "export-ct2-int8", quantization="int8", data=test, overwrite=True,
+                     max_wer_delta=2.0)
     p = summary["parity"]
     console.print(f"int8 export {summary['size_mb']['export']:.0f} MB (from {summary['size_mb']['source']:.0f} MB): "
                   f"{p['metric'].upper()} {100 * p['exported']['error_rate']:.1f}% vs PyTorch "
