@@ -207,7 +207,10 @@ def load_model(spec: str | os.PathLike, device: str | None = None, dtype=None) -
     device = device or default_device()
     dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
     from transformers.utils import logging as hf_logging
+
+    from .whisper import speed_up_token_suppression
     hf_logging.disable_progress_bar()  # a per-tensor bar for a sub-second load is noise
+    speed_up_token_suppression()
     try:
         model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         processor = WhisperProcessor.from_pretrained(folder)
