@@ -62,7 +62,7 @@ def test_each_mode_trains_and_loss_falls(tiny_whisper_dir, prepared, tmp_path, m
                      eval_every=8), progress=False)
     losses = _losses(out)
     assert len(losses) == 8
-    assert losses[-1] < losses[0] - 0.5 and losses[-1] < min(losses[:4]), losses
+    assert losses[-1] < losses[0] - 0.3 and losses[-1] < min(losses[:4]), losses
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 8 and summary["mode"] == mode and summary["best_step"] == 8
     assert [e["step"] for e in summary["evals"]] == [0, 8]
