@@ -110,14 +110,16 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
     steps.done()
 
     steps.start(6, "export to CTranslate2 int8, with the parity check")
-    # 20 held-out clips hold ~140 words, so one word is 0.7 pt: the demo allows 2 pt where a real test
-    # set of hundreds of clips keeps the default 0.5.
+    # The default 0.5 pt allowance assumes a real test set of hundreds of clips. Here one word is 0.7-1.5
+    # pt, and int8 does flip a drug name now and then on a model as small as tiny: allow 2.5 words of drift.
+    words = sum(len(json.loads(line)["text"].split()) for line in test.open(encoding="utf-8"))
+    allowed = round(max(0.5, 250 / max(words, 1)), 1)
     summary = export(model_dir, "ct2", out / "export-ct2-int8", quantization="int8", data=test, overwrite=True,
-                     max_wer_delta=2.0)
+                     max_wer_delta=allowed)
     p = summary["parity"]
     console.print(f"int8 export {summary['size_mb']['export']:.0f} MB (from {summary['size_mb']['source']:.0f} MB): "
                   f"{p['metric'].upper()} {100 * p['exported']['error_rate']:.1f}% vs PyTorch "
-                  f"{100 * p['pytorch']['error_rate']:.1f}% -> parity ok")
+                  f"{100 * p['pytorch']['error_rate']:.1f}% (allowed ±{allowed} pt on {words} words) -> parity ok")
     steps.done()
 
     steps.start(7, "serve on loopback and transcribe one held-out clip over HTTP")
@@ -144,7 +146,7 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
     return report
 
 
-DEMO_LR = {"en": 1e-4, "zh": 1e-4}
+DEMO_LR = {"en": 4e-5, "zh": 4e-5}
 
 
 def _serve_once(export_dir: Path, test: Path, console) -> dict:

@@ -70,6 +70,7 @@ class CT2Whisper:
         if meta.is_file():
             self.fw.max_length = min(self.fw.max_length, json.loads(meta.read_text()).get("max_target_positions", 448))
         self.suppress = json.loads((self.path / "config.json").read_text()).get("suppress_ids", [-1]) or [-1]
+        self._fe = None
 
     def _tokenizer(self, language: str | None):
         from faster_whisper.tokenizer import Tokenizer
@@ -86,8 +87,12 @@ class CT2Whisper:
             raise SpeechtuneError(f"unknown language '{language}'", "use a Whisper code such as en, zh, de, ja")
 
     def features(self, wav: np.ndarray) -> np.ndarray:
-        from faster_whisper.audio import pad_or_trim
-        return pad_or_trim(self.fw.feature_extractor(wav)[:, :3000])
+        # transformers' log-mel, the one the model was trained and scored with: faster-whisper's own differs
+        # in the last digits, enough to flip a word of a fine-tuned model and fail the parity check.
+        if self._fe is None:
+            from transformers import WhisperFeatureExtractor
+            self._fe = WhisperFeatureExtractor.from_pretrained(self.path)
+        return self._fe(wav, sampling_rate=16000, return_tensors="np").input_features[0]
 
     def transcribe_batch(self, wavs: list[np.ndarray], language: str | None = None, temperature: float = 0.0,
                          prompts: list[str | None] | None = None, languages: list[str | None] | None = None,
