@@ -98,8 +98,11 @@ def is_ct2(folder: Path) -> bool:
     return (folder / "model.bin").is_file() and (folder / "config.json").is_file()
 
 
+CONVERTER_VERSION = "2"  # part of the cache key: a fixed converter never serves an older conversion
+
+
 def _convert(kind: str, source: Path, key: str) -> Path:
-    out = cache_dir() / "models" / f"{kind}-{key}"
+    out = cache_dir() / "models" / f"{kind}-v{CONVERTER_VERSION}-{key}"
     if (out / "model.safetensors").is_file():
         return out
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=_ensure(out.parent)))

@@ -105,7 +105,9 @@ def write_hf_folder(out: Path, state_dict: dict[str, np.ndarray], dims: dict, to
     tensors = {k: torch.from_numpy(np.array(v)).to(torch.float32) for k, v in state_dict.items()}
     tensors.pop("proj_out.weight", None)  # tied to model.decoder.embed_tokens.weight
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer = WhisperTokenizer(tokenizer_file=str(out / "tokenizer.json"), model_max_length=dims["max_target_positions"])
+    # pad = <|endoftext|> as in OpenAI's own HF uploads: collators (and the HF fine-tuning recipe) need one.
+    tokenizer = WhisperTokenizer(tokenizer_file=str(out / "tokenizer.json"), pad_token="<|endoftext|>",
+                                 model_max_length=dims["max_target_positions"])
     features = WhisperFeatureExtractor(feature_size=dims["num_mel_bins"])
     WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
     features.save_pretrained(out)  # preprocessor_config.json: faster-whisper and older transformers read it
