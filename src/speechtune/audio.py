@@ -93,19 +93,23 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sr: int = SAMPLE_RATE) -> None:
-    """16-bit PCM, written to a temporary name then renamed so a killed run leaves no half file.
+    """16-bit PCM from float samples; see write_pcm16."""
+    write_pcm16(path, (np.clip(wav, -1.0, 1.0) * 32767.0).round().astype("<i2"), sr)
 
-    The stdlib writer, not libsndfile: libsndfile syncs every file on close, a third of the time per clip
-    when a corpus is written."""
+
+def write_pcm16(path: str | Path, pcm: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    """Mono 16-bit wav, written under a temporary name (unique per process) then renamed, so a killed run
+    leaves no half file. The stdlib writer, not libsndfile: libsndfile syncs every file on close, a third
+    of the time per clip when a corpus is written."""
+    import os
     import wave
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with wave.open(str(tmp), "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
         f.setframerate(sr)
-        f.writeframes(pcm.tobytes())
+        f.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
     tmp.replace(path)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioError, decode
+from ..audio import SAMPLE_RATE, AudioError, decode, write_pcm16
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
 from . import checks, readers, split
@@ -168,24 +168,11 @@ def _process_segment(wav: np.ndarray, start, end, trim: bool, normalize: bool, w
     if normalize:
         wav = _normalize(wav)
     pcm = (np.clip(wav, -1.0, 1.0) * 32767).round().astype("<i2")
-    _write_pcm(wav_path, pcm)
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    write_pcm16(wav_path, pcm)  # a torn cache file is caught by the size check on read
     info.update(duration=len(pcm) / SAMPLE_RATE, pcm_sha=hashlib.sha256(pcm.tobytes()).hexdigest(),
                 wav=str(wav_path), size=wav_path.stat().st_size)
     return info
-
-
-def _write_pcm(path: Path, pcm: np.ndarray) -> None:
-    """16 kHz 16-bit mono wav via the stdlib: libsndfile fsyncs every file it closes, which was a third
-    of the per-clip time. A torn cache file is caught by the size check when it is read back."""
-    import wave
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with wave.open(str(tmp), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-    tmp.replace(path)
 
 
 def _run(jobs: list[tuple], workers: int, progress: bool) -> list[list[dict]]:
