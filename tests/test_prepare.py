@@ -1,5 +1,4 @@
 """`prepare` on messy inputs: every broken clip is rejected with the right reason, every good clip is kept."""
-import csv
 import json
 import shutil
 from pathlib import Path

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from speechtune.audio import decode, write_wav
 from speechtune.cli import main

@@ -464,7 +464,7 @@ def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     blocks = []
 
     stem = Block("stem", "feature encoder (CNN)")
-    cin, t_in = 1, samples
+    cin = 1
     for i, (cout, k, t) in enumerate(zip(c.conv_dim, c.conv_kernel, lengths)):
         f, b = _lin(B * t, cin * k, cout, full, full and i > 0)
         stem.fwd, stem.bwd = stem.fwd + f, stem.bwd + b
@@ -476,7 +476,7 @@ def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
             stem.act += (8 * n if normed else n * a) + nxt
             stem.act += 2 * B * t * 4 if c.feat_extract_norm == "layer" else 0     # layer-norm statistics
             stem.trans = max(stem.trans, 2 * n * 4)
-        cin, t_in = cout, t
+        cin = cout
     if full:
         stem.act += B * samples * (2 if by.auto else 4)
     blocks.append(stem)

@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from ..models import load_model
     from ..models.registry import Whisper
     from . import checkpoint
-    from .data import Clips, data_hash, eval_rows, load_split
+    from .data import Clips, eval_rows, load_split
     from .encoder_cache import EncoderCache
     from .loop import train_loop
 
