@@ -112,14 +112,17 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
     steps.start(6, "export to CTranslate2 int8, with the parity check")
     # The default 0.5 pt allowance assumes a real test set of hundreds of clips. Here one word is 0.7-1.5
     # pt, and int8 does flip a drug name now and then on a model as small as tiny: allow 2.5 words of drift.
-    words = sum(len(json.loads(line)["text"].split()) for line in test.open(encoding="utf-8"))
+    # counted in the metric's units: characters for CER languages such as zh, else words
+    unit = "characters" if lang == "zh" else "words"
+    texts = [json.loads(line)["text"] for line in test.open(encoding="utf-8")]
+    words = sum(len("".join(t.split())) if unit == "characters" else len(t.split()) for t in texts)
     allowed = round(max(0.5, 250 / max(words, 1)), 1)
     summary = export(model_dir, "ct2", out / "export-ct2-int8", quantization="int8", data=test, overwrite=True,
                      max_wer_delta=allowed)
     p = summary["parity"]
     console.print(f"int8 export {summary['size_mb']['export']:.0f} MB (from {summary['size_mb']['source']:.0f} MB): "
                   f"{p['metric'].upper()} {100 * p['exported']['error_rate']:.1f}% vs PyTorch "
-                  f"{100 * p['pytorch']['error_rate']:.1f}% (allowed ±{allowed} pt on {words} words) -> parity ok")
+                  f"{100 * p['pytorch']['error_rate']:.1f}% (allowed ±{allowed} pt on {words} {unit}) -> parity ok")
     steps.done()
 
     steps.start(7, "serve on loopback and transcribe one held-out clip over HTTP")
