@@ -119,6 +119,16 @@ def _split_qkv(sd, v, src, dst, d):
     sd[f"{dst}.q_proj.bias"], sd[f"{dst}.v_proj.bias"] = b[:d], b[2 * d:]
 
 
+def _self_attention_and_ffn(sd, v, s: str, t: str, d: int) -> None:
+    """The parts encoder and decoder layers share: self-attention (fused qkv), its norm, the FFN."""
+    _split_qkv(sd, v, f"{s}/self_attention/linear_0", f"{t}.self_attn", d)
+    _linear(sd, v, f"{s}/self_attention/linear_1", f"{t}.self_attn.out_proj")
+    _norm(sd, v, f"{s}/self_attention/layer_norm", f"{t}.self_attn_layer_norm")
+    _linear(sd, v, f"{s}/ffn/linear_0", f"{t}.fc1")
+    _linear(sd, v, f"{s}/ffn/linear_1", f"{t}.fc2")
+    _norm(sd, v, f"{s}/ffn/layer_norm", f"{t}.final_layer_norm")
+
+
 def to_hf_state_dict(v: dict) -> dict[str, np.ndarray]:
     """HF WhisperForConditionalGeneration state dict (numpy, source dtype) from CT2 variables."""
     d = whisper_dims(v)["d_model"]
@@ -127,31 +137,20 @@ def to_hf_state_dict(v: dict) -> dict[str, np.ndarray]:
         _linear(sd, v, f"encoder/{conv}", f"model.encoder.{conv}")
     sd["model.encoder.embed_positions.weight"] = v["encoder/position_encodings/encodings"]
     for i in range(_layers(v, "encoder")):
-        s, t = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        _split_qkv(sd, v, f"{s}/self_attention/linear_0", f"{t}.self_attn", d)
-        _linear(sd, v, f"{s}/self_attention/linear_1", f"{t}.self_attn.out_proj")
-        _norm(sd, v, f"{s}/self_attention/layer_norm", f"{t}.self_attn_layer_norm")
-        _linear(sd, v, f"{s}/ffn/linear_0", f"{t}.fc1")
-        _linear(sd, v, f"{s}/ffn/linear_1", f"{t}.fc2")
-        _norm(sd, v, f"{s}/ffn/layer_norm", f"{t}.final_layer_norm")
+        _self_attention_and_ffn(sd, v, f"encoder/layer_{i}", f"model.encoder.layers.{i}", d)
     _norm(sd, v, "encoder/layer_norm", "model.encoder.layer_norm")
 
     sd["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
     sd["model.decoder.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
     for i in range(_layers(v, "decoder")):
         s, t = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        _split_qkv(sd, v, f"{s}/self_attention/linear_0", f"{t}.self_attn", d)
-        _linear(sd, v, f"{s}/self_attention/linear_1", f"{t}.self_attn.out_proj")
-        _norm(sd, v, f"{s}/self_attention/layer_norm", f"{t}.self_attn_layer_norm")
+        _self_attention_and_ffn(sd, v, s, t, d)
         _linear(sd, v, f"{s}/attention/linear_0", f"{t}.encoder_attn.q_proj")
         kv_w, kv_b = v[f"{s}/attention/linear_1/weight"], v[f"{s}/attention/linear_1/bias"]
         sd[f"{t}.encoder_attn.k_proj.weight"], sd[f"{t}.encoder_attn.v_proj.weight"] = kv_w[:d], kv_w[d:]
         sd[f"{t}.encoder_attn.v_proj.bias"] = kv_b[d:]
         _linear(sd, v, f"{s}/attention/linear_2", f"{t}.encoder_attn.out_proj")
         _norm(sd, v, f"{s}/attention/layer_norm", f"{t}.encoder_attn_layer_norm")
-        _linear(sd, v, f"{s}/ffn/linear_0", f"{t}.fc1")
-        _linear(sd, v, f"{s}/ffn/linear_1", f"{t}.fc2")
-        _norm(sd, v, f"{s}/ffn/layer_norm", f"{t}.final_layer_norm")
     _norm(sd, v, "decoder/layer_norm", "model.decoder.layer_norm")
     # proj_out is tied to embed_tokens in HF; CT2 stores it as an alias of the same tensor.
     return sd
