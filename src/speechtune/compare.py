@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 
 from .errors import SpeechtuneError
-from .evaluate import (_load, _write_atomic, add_decoding_arguments, load_rows, score_language, score_rows,
-                       speed, transcribe_rows, warm_up, write_json, write_jsonl)
+from .evaluate import (_load, add_decoding_arguments, load_rows, score_language, score_rows,
+                       speed, transcribe_rows, warm_up, write_json)
+from .manifest import write_atomic, write_jsonl
 from .metrics.bootstrap import paired_bootstrap, verdict, verdict_line
 
 CLIP_KEYS = ("hyp", "hyp_norm", "errors", "sub", "del", "ins", "error_rate", "loop", "empty", "too_long")
@@ -113,8 +114,8 @@ def write_report(out: Path, result: dict, clips: list[dict], guard_clips: list[d
     write_jsonl(out / "predictions.jsonl", clips)
     if guard_clips is not None:
         write_jsonl(out / "guard_predictions.jsonl", guard_clips)
-    _write_atomic(out / "comparison.png", plots.comparison_png(result, clips))
-    _write_atomic(out / "report.html", html.render(result, clips, guard_clips))
+    write_atomic(out / "comparison.png", plots.comparison_png(result, clips))
+    write_atomic(out / "report.html", html.render(result, clips, guard_clips))
 
 
 def guard_line(result: dict) -> str | None:

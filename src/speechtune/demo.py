@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .errors import SpeechtuneError
+from .manifest import write_jsonl
 
 MODELS = {"en": "tiny.en", "zh": "base"}
 # Sizes: "full" is the real demo; "small" keeps the same steps at a size CI can afford.
@@ -42,7 +43,7 @@ def _synth(lang: str, out: Path, size: dict, seed: int) -> tuple[Path, Path]:
 
     sentences = domain_splits(lang, size["n_train"], size["n_valid"], size["n_test"], seed=seed)
     voices = TRAIN_VOICES[lang]
-    lines = []
+    rows = []
     for split, texts in sentences.items():
         per = size["renditions"] if split == "train" else 1
         manifest = synth_corpus(texts, out / "corpus" / split, lang, voices=voices, per_sentence=per,
@@ -50,9 +51,9 @@ def _synth(lang: str, out: Path, size: dict, seed: int) -> tuple[Path, Path]:
         for line in manifest.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             row["audio"] = f"{split}/{row['audio']}"
-            lines.append(json.dumps(row | {"split": split}, ensure_ascii=False))
+            rows.append(row | {"split": split})
     corpus = out / "corpus" / "manifest.jsonl"
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_jsonl(corpus, rows)
     guard = synth_corpus(general_sentences(lang), out / "guard", lang, voices=voices, per_sentence=1,
                          rates=[160], pitches=[50], seed=seed, progress=False)
     return corpus, guard

@@ -16,7 +16,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, load_audio
 from .errors import SpeechtuneError
-from .manifest import read_manifest
+from .manifest import read_manifest, write_atomic, write_jsonl
 from .metrics import hallucination
 from .metrics.normalize import guess_language
 from .metrics.score import METRICS, chars, score_corpus, words
@@ -171,20 +171,7 @@ def _load(model_or_spec, device):
 
 
 def write_json(path: Path, data) -> None:
-    _write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _write_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def pct(x: float | None) -> str:

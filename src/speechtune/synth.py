@@ -18,6 +18,7 @@ import numpy as np
 from .audio import SAMPLE_RATE, resample, write_wav
 from .config import add_dataclass_args, build_config
 from .errors import SpeechtuneError
+from .manifest import write_jsonl
 
 LANG_VOICES = {"en": "en-us", "zh": "cmn"}
 # espeak-ng "variants" (voices/!v) change the formants and glottal source, which is as close to different
@@ -218,9 +219,7 @@ def synth_corpus(sentences: str | Path | list[str], out_dir: str | Path, lang: s
                           voice=voice_name(cfg.lang, c["voice"]), rate=c["rate"], pitch=c["pitch"],
                           snr_db=c["snr_db"]))
     manifest = out / "manifest.jsonl"
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
-    tmp.replace(manifest)
+    write_jsonl(manifest, lines)
     (out / "synth.json").write_text(json.dumps(dict(dataclasses.asdict(cfg), sentences=source), indent=2,
                                                ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

@@ -26,6 +26,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE, AudioError, decode, write_pcm16
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
+from ..manifest import write_jsonl
 from . import checks, readers, split
 
 CACHE_VERSION = "2"  # bump when processing changes, so old cache entries are not reused
@@ -215,14 +216,6 @@ def _check_out(out: Path, input_path: Path) -> None:
                               "pick an empty or new folder for --out")
 
 
-def _write_lines(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def _link(src: str, dst: Path) -> None:
     if dst.exists():
         dst.unlink()
@@ -320,9 +313,9 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
                                  language=r.language, source=r.origin))
     _prune_audio(out, {m["audio"] for ms in manifests.values() for m in ms})
     for s, ms in manifests.items():
-        _write_lines(out / f"{s}.jsonl", ms)
+        write_jsonl(out / f"{s}.jsonl", ms)
     rejects.sort(key=lambda x: x[0])
-    _write_lines(out / "rejects.jsonl", [r for _, r in rejects])
+    write_jsonl(out / "rejects.jsonl", [r for _, r in rejects])
 
     stats = _stats(input_path, fmt, cfg, mode, rows, manifests, [r for _, r in rejects], results, time.time() - t0)
     stats["seconds_processing"] = round(t_process, 2)  # decode/check/cache part, without reading and plots
