@@ -8,7 +8,7 @@ until the first evaluation at or under the target. Runs that hit --budget-s stop
 they reached. With --guard, each final model is also scored on that general-speech manifest.
 
   python benchmarks/train_speed.py --out /tmp/train_speed [--only c d] [--budget-s 600]
-      [--guard ../shared/realspeech/en.jsonl]
+      [--guard ../shared/realspeech/en.jsonl] [--lr c=1e-4 d=1e-3]
 """
 from __future__ import annotations
 
@@ -171,12 +171,15 @@ def main() -> None:
     ap.add_argument("--budget-fast-s", type=float, default=900, help="training-time cap for (c) and (d)")
     ap.add_argument("--guard", help="general-speech manifest scored on each final model")
     ap.add_argument("--guard-clips", type=int, default=20, help="first N clips of --guard")
+    ap.add_argument("--lr", nargs="+", default=[], metavar="KEY=LR",
+                    help="learning rate for a speechtune run, e.g. c=1e-4 (default: the mode's own default)")
     args = ap.parse_args()
     out = Path(args.out)
     data = build_corpus(out / "data")
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     modes = {"b": "full", "c": "freeze-encoder", "d": "lora"}
+    lrs = {k: float(v) for k, v in (x.split("=") for x in args.lr)}
     for key in args.only:
         t = time.time()
         if key == "a":
@@ -184,7 +187,8 @@ def main() -> None:
             model_dir = out / "a" / "model"
         else:
             r = run_speechtune(modes[key], data, out, args.target,
-                               args.budget_s if key == "b" else args.budget_fast_s)
+                               args.budget_s if key == "b" else args.budget_fast_s, lr=lrs.get(key))
+            r["lr"] = lrs.get(key)
             model_dir = out / modes[key]
         r["wall_s"] = round(time.time() - t, 1)
         hit = next((e for e in r["evals"] if e["valid"] <= args.target), None)
@@ -205,6 +209,48 @@ def main() -> None:
                            "valid_wer": score(w.model, w.processor, w.path, eval_set(data / "valid.jsonl"))}
         results_path.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "evals"} for k, v in results.items()}, indent=2))
+    print(report(results, args.target))
+
+
+LABELS = {"a": "(a) HF Seq2SeqTrainer, full, 30 s padding", "b": "(b) speechtune full",
+          "c": "(c) speechtune freeze-encoder (cached)", "d": "(d) speechtune lora (decoder, cached)"}
+
+
+def time_to(evals: list[dict], threshold: float):
+    return next((e["train_s"] for e in evals if e["valid"] <= threshold), None)
+
+
+def report(results: dict, target: float) -> str:
+    """Training seconds until held-out WER first fell to each threshold, and the ratio to (a) at it."""
+    thresholds = sorted({0.5, 0.3, 0.2, 0.15, target}, reverse=True)
+    head = "| run | lr | s/step | " + " | ".join(f"s to <= {t:.0%}" for t in thresholds) + \
+        " | final WER | guard WER |"
+    lines = [head, "|---" * (len(thresholds) + 5) + "|"]
+    base_a = results.get("a", {}).get("evals", [])
+    for key in "abcd":
+        r = results.get(key)
+        if not r:
+            continue
+        cells = []
+        for t in thresholds:
+            mine, theirs = time_to(r["evals"], t), time_to(base_a, t)
+            cell = "-" if mine is None else f"{mine:.0f}"
+            if mine is not None and key != "a" and base_a:
+                cell += f" ({theirs / mine:.1f}x)" if theirs else f" (>{r_budget(base_a) / mine:.1f}x)"
+            cells.append(cell)
+        guard = f"{r['guard_wer']:.1%}" if "guard_wer" in r else "-"
+        lines.append(f"| {LABELS[key]} | {r.get('lr') or 'default'} | {r['s_per_step']} | " + " | ".join(cells)
+                     + f" | {r['final_wer']:.1%} | {guard} |")
+    if "base" in results:
+        lines.append(f"\nbase tiny.en: held-out WER {results['base']['valid_wer']:.1%}, "
+                     f"guard WER {results['base']['guard_wer']:.1%}")
+    lines.append("'-': not reached within the run's budget; (Nx): (a)'s time to the same WER / this run's; "
+                 "(>Nx): (a) never reached it, so its whole training time is the lower bound.")
+    return "\n".join(lines)
+
+
+def r_budget(evals: list[dict]) -> float:
+    return evals[-1]["train_s"] if evals else float("nan")
 
 
 if __name__ == "__main__":

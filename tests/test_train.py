@@ -281,6 +281,19 @@ def test_bad_input_names_the_problem(tiny_whisper_dir, prepared, tmp_path, case)
             train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o", mode="lora", lora_targets=["qkv"]))
 
 
+def test_mix_adds_general_clips_and_refuses_guard_overlap(tiny_whisper_dir, prepared, tmp_path):
+    from speechtune.train.recipe import train
+
+    out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o", max_steps=0, epochs=1, eval_every=3,
+                     mix=str(prepared / "valid.jsonl"), mix_ratio=0.25))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["clips"] == {"train": 8, "mixed": 2}
+    assert summary["steps"] == 3  # one epoch of 10 clips in batches of 4; the 8 domain clips alone take 2
+    with pytest.raises(SpeechtuneError, match="share 2 clip"):
+        train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o2", mix=str(prepared / "valid.jsonl"),
+                   guard=str(prepared / "train.jsonl")))
+
+
 DRUGS = ["metoprolol", "lisinopril", "atorvastatin", "amlodipine", "omeprazole", "levothyroxine",
          "gabapentin", "hydrochlorothiazide", "montelukast", "escitalopram", "clopidogrel", "pantoprazole"]
 

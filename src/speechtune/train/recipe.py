@@ -40,6 +40,8 @@ class TrainConfig:
     language: str | None = field(default=None, metadata={"help": "language for clips whose manifest line has none (multilingual models)"})
     guard: str | None = field(default=None, metadata={"help": "general-speech manifest evaluated at every eval; best checkpoint must not get worse on it"})
     guard_threshold: float = field(default=1.0, metadata={"help": "allowed guard error-rate increase over the base model, in points"})
+    mix: str | None = field(default=None, metadata={"help": "general-speech manifest mixed into the training clips, an anchor against forgetting (keep it apart from --guard)"})
+    mix_ratio: float = field(default=0.2, metadata={"help": "--mix clips added per train clip, drawn once with --seed (at most what --mix holds)"})
     epochs: float = field(default=3.0, metadata={"help": "passes over train.jsonl"})
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = from --epochs"})
     batch_size: int = field(default=8, metadata={"help": "clips per micro-batch (per process)"})
@@ -108,6 +110,10 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise SpeechtuneError(f"mode: unknown '{cfg.mode}'", f"choose one of {', '.join(MODES)}")
     if cfg.guard and not Path(cfg.guard).is_file():
         raise SpeechtuneError(f"guard manifest not found: {cfg.guard}", "pass a .jsonl of general speech")
+    if cfg.mix and not Path(cfg.mix).is_file():
+        raise SpeechtuneError(f"mix manifest not found: {cfg.mix}", "pass a .jsonl of general speech with transcripts")
+    if cfg.mix_ratio < 0:
+        raise SpeechtuneError(f"option mix_ratio: must be 0 or more, got {cfg.mix_ratio}")
     for name in ("batch_size", "grad_accum", "eval_batch_size", "eval_max_clips", "log_every"):
         if getattr(cfg, name) < 1:
             raise SpeechtuneError(f"option {name}: must be at least 1")
@@ -191,6 +197,23 @@ def setup_model(cfg: TrainConfig, model):
     return peft_model, encoder_frozen
 
 
+def _mix_rows(cfg: TrainConfig, n_train: int, guard_rows: list[dict]) -> list[dict]:
+    """General-speech clips added to the domain clips, drawn once with the run's seed."""
+    import random
+
+    from .data import load_split
+    if not cfg.mix:
+        return []
+    rows = load_split(Path(cfg.mix))
+    guarded = {str(Path(r["audio"]).resolve()) for r in guard_rows}
+    shared = [r for r in rows if str(Path(r["audio"]).resolve()) in guarded]
+    if shared:
+        raise SpeechtuneError(f"--mix {cfg.mix} and --guard {cfg.guard} share {len(shared)} clip(s), e.g. "
+                              f"{shared[0]['audio']}: the guard would score speech the model trained on",
+                              "split your general speech into one manifest to mix in and another to guard with")
+    return random.Random(cfg.seed).sample(rows, min(len(rows), round(cfg.mix_ratio * n_train)))
+
+
 def _eval_set(rows: list[dict], language) -> dict:
     from .data import read_wav
     # transcribe_batch bounds decoding by the audio length, so a looping (or random) model cannot stall evals.
@@ -227,6 +250,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     train_rows = load_split(data / "train.jsonl")
     valid_rows = load_split(data / "valid.jsonl", required=False)
     guard_rows = load_split(Path(cfg.guard)) if cfg.guard else []
+    mixed = _mix_rows(cfg, len(train_rows), guard_rows)
 
     use_cuda = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     precision = cfg.precision
@@ -245,7 +269,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     peft_model, encoder_frozen = setup_model(cfg, hf_model)
     gen = hf_model.generation_config
     max_len = hf_model.config.max_target_positions
-    clips = Clips(train_rows, whisper.processor, gen, cfg.language, max_len)
+    clips = Clips(train_rows + mixed, whisper.processor, gen, cfg.language, max_len)
     rows, eval_name = eval_rows(valid_rows, train_rows, cfg.eval_max_clips)
     if eval_name != "valid":
         accelerator.print("warning: valid.jsonl is empty; evaluating on a slice of train (memorisation, "
@@ -260,7 +284,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     steps_per_epoch = math.ceil(math.ceil(len(clips) / cfg.batch_size) / cfg.grad_accum / world)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     trainable = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
-    accelerator.print(f"training {cfg.mode}: {len(clips)} clips, {total} steps of {cfg.batch_size * cfg.grad_accum * world} "
+    accelerator.print(f"training {cfg.mode}: {len(clips)} clips{f' ({len(mixed)} from --mix)' if mixed else ''}, {total} steps of {cfg.batch_size * cfg.grad_accum * world} "
                       f"clips, lr {cfg.lr:g}, {trainable / 1e6:.1f}M trainable parameters"
                       f"{', encoder outputs cached' if cache else ''}")
     if torch.cuda.is_available():
@@ -281,7 +305,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         weights, _ = checkpoint.load(out / "checkpoints" / f"step-{chosen:06d}")
         checkpoint.load_weights(hf_model, weights)
         _export(hf_model, peft_model, whisper, out)
-        summary = _summary(cfg, state, chosen, data, time.time() - start, accelerator, eval_name)
+        summary = _summary(cfg, state, chosen, data, time.time() - start, accelerator, eval_name,
+                           {"train": len(train_rows), "mixed": len(mixed)})
         tmp = out / "training_summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         tmp.replace(out / "training_summary.json")
@@ -322,7 +347,7 @@ def _fix_adapter_base(adapter: Path, base: Path) -> None:
     cfg_path.write_text(json.dumps(c, indent=2), encoding="utf-8")
 
 
-def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name) -> dict:
+def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name, clips: dict) -> dict:
     import resource
 
     import torch
@@ -339,8 +364,9 @@ def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name
         guard_note = (f"no checkpoint kept the guard within {cfg.guard_threshold} pt of the base model; "
                       f"kept the best valid score (step {chosen}) anyway: lower --lr or try --mode lora")
     return {
-        "data": str(data), "data_hash": data_hash(data / "train.jsonl", data / "valid.jsonl"),
-        "model": cfg.model, "mode": cfg.mode, "config": dataclasses.asdict(cfg),
+        "data": str(data), "data_hash": data_hash(data / "train.jsonl", data / "valid.jsonl",
+                                                  *([Path(cfg.mix)] if cfg.mix else [])),
+        "model": cfg.model, "mode": cfg.mode, "config": dataclasses.asdict(cfg), "clips": clips,
         "steps": state["step"], "epochs_started": state["epoch"] + (1 if state["group"] else 0),
         "best_step": chosen, "eval_on": eval_name, "metric": base["metric"] if base else None,
         "base": {k: base.get(k) for k in ("valid", "guard")} if base else None,
