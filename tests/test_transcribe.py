@@ -79,3 +79,29 @@ def test_srt_and_vtt_format():
 def test_cli_help_is_fast_and_lists_commands():
     out = subprocess.run([sys.executable, "-m", "speechtune", "--help"], capture_output=True, text=True, check=True)
     assert "transcribe" in out.stdout
+
+
+def test_generate_warnings_that_are_not_the_users_doing_are_dropped(tiny_whisper_dir):
+    # transformers warns at every generate call about arguments its Whisper code passes itself; in a
+    # training run that is two lines per evaluation batch.
+    import logging
+
+    from speechtune.models import load_model
+    from speechtune.transcribe import transcribe_batch
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("transformers.generation.utils")
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        w = load_model(tiny_whisper_dir, device="cpu")
+        transcribe_batch(w, [np.zeros(16000, np.float32), np.zeros(8000, np.float32)], None, 2)
+        log.warning("a warning of its own")
+    finally:
+        log.removeHandler(keep)
+    assert seen == ["a warning of its own"]

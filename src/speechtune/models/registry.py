@@ -211,9 +211,10 @@ def load_model(spec: str | os.PathLike, device: str | None = None, dtype=None) -
     dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
     from transformers.utils import logging as hf_logging
 
-    from .whisper import speed_up_token_suppression
+    from .whisper import quiet_generate_warnings, speed_up_token_suppression
     hf_logging.disable_progress_bar()  # a per-tensor bar for a sub-second load is noise
     speed_up_token_suppression()
+    quiet_generate_warnings()
     try:
         model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         processor = WhisperProcessor.from_pretrained(folder)

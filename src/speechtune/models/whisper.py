@@ -158,3 +158,21 @@ def speed_up_token_suppression() -> None:
     lp.SuppressTokensLogitsProcessor.__call__ = suppress
     lp.SuppressTokensAtBeginLogitsProcessor.__call__ = suppress_at_begin
     lp.SuppressTokensLogitsProcessor._speechtune_fast = True
+
+
+class _GenerateNoise:
+    """transformers' Whisper `generate` warns on every call about what it does itself: it passes the
+    suppress lists beside a generation_config, and our per-batch `max_new_tokens` sits beside the model's
+    own max_length of 448. Neither is the user's doing, and in training they repeat at every evaluation."""
+    NOISE = ("`max_new_tokens` will take precedence", "together with generation-related arguments")
+
+    def filter(self, record) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def quiet_generate_warnings() -> None:
+    import logging
+
+    log = logging.getLogger("transformers.generation.utils")
+    if not any(isinstance(f, _GenerateNoise) for f in log.filters):
+        log.addFilter(_GenerateNoise())
