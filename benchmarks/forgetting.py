@@ -76,7 +76,8 @@ def report(results: dict) -> str:
                      + " | " + " -> ".join(f"{e['guard']:.1%}" for e in ev)
                      + f" | {r['best_step']}: {kept['valid']:.1%} / {kept['guard']:.1%} |")
     lines.append("First figure of each row: the base model (step 0); then one evaluation per epoch. 'kept' is the "
-                 "checkpoint `train` chose: best domain WER among those within 1 pt of the base on the guard.")
+                 "checkpoint `train` chose: best domain WER among those within 1 pt of the base on the guard (when none "
+                 "was, the best domain WER, and the training summary says so).")
     return "\n".join(lines)
 
 
