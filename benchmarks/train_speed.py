@@ -5,7 +5,8 @@
 (d) speechtune lora (decoder adapters; encoder outputs cached). Every run is scored after each epoch with the
 same greedy decoding on the same held-out clips; the time reported is training time (evaluation excluded)
 until the first evaluation at or under the target. Runs that hit --budget-s stop there and report the WER
-they reached. With --guard, each final model is also scored on that general-speech manifest.
+they reached; the report then compares the runs on a ladder (seconds to <= 50/30/20/10/5% and the target),
+each rung as a ratio to (a). With --guard, each final model is also scored on that general-speech manifest.
 
   python benchmarks/train_speed.py --out /tmp/train_speed [--only c d] [--budget-s 600]
       [--guard ../shared/realspeech/en.jsonl] [--lr c=1e-4 d=1e-3] [--mix general-train.jsonl]
