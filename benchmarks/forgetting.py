@@ -34,17 +34,13 @@ RUNS = {
 
 
 def split_general(general: Path, n_guard: int, out: Path) -> tuple[Path, Path]:
-    """guard.jsonl (first n_guard clips) and mix.jsonl (the rest), audio paths made absolute."""
-    lines = general.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for line in lines:
-        r = json.loads(line)
-        key = "audio" if "audio" in r else "audio_filepath"
-        r[key] = str((general.parent / r[key]).resolve())
-        rows.append(r)
+    """guard.jsonl (first n_guard clips) and mix.jsonl (the rest); read_manifest makes audio paths absolute."""
+    from speechtune.manifest import read_manifest, write_jsonl
+
+    rows = read_manifest(general)
     out.mkdir(parents=True, exist_ok=True)
-    for name, part in (("guard", rows[:n_guard]), ("mix", rows[n_guard:])):
-        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    write_jsonl(out / "guard.jsonl", rows[:n_guard])
+    write_jsonl(out / "mix.jsonl", rows[n_guard:])
     return out / "guard.jsonl", out / "mix.jsonl"
 
 

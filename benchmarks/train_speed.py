@@ -197,8 +197,7 @@ def main() -> None:
             r["mix"] = args.mix and {"manifest": args.mix, "ratio": args.mix_ratio}
             model_dir = out / modes[key]
         r["wall_s"] = round(time.time() - t, 1)
-        hit = next((e for e in r["evals"] if e["valid"] <= args.target), None)
-        r["time_to_target_s"] = hit["train_s"] if hit else None
+        r["time_to_target_s"] = time_to(r["evals"], args.target)
         r["final_wer"] = r["evals"][-1]["valid"]
         r["s_per_step"] = round(r["evals"][-1]["train_s"] / max(r["evals"][-1]["step"], 1), 2)
         if args.guard:
