@@ -130,6 +130,12 @@ def _weights(out: Path) -> dict:
     return load_file(str(out / "model.safetensors"))
 
 
+def _weights_of(model_dir: Path) -> dict:
+    from transformers import WhisperForConditionalGeneration
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir)
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
 def test_resume_gives_the_same_weights(tiny_whisper_dir, prepared, tmp_path, monkeypatch):
     from speechtune.train import loop
     from speechtune.train.recipe import train
@@ -234,6 +240,78 @@ def test_lora_merged_model_equals_adapter_on_base(tiny_whisper_dir, prepared, tm
         c = adapted(input_features=feats, decoder_input_ids=dec).logits
     assert not torch.allclose(a, c, atol=1e-4)  # the adapter changed something
     del plain
+
+
+def test_cached_bottom_plus_top_is_the_hf_encoder(tiny_whisper_dir):
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from speechtune.train.encoder_cache import encode_bottom, encode_top
+
+    encoder = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).get_encoder().eval()
+    feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = encoder(feats, output_hidden_states=True)
+        for depth in range(len(encoder.layers) + 1):
+            bottom = encode_bottom(encoder, feats, depth)
+            if depth < len(encoder.layers):
+                torch.testing.assert_close(bottom, ref.hidden_states[depth])
+            torch.testing.assert_close(encode_top(encoder, bottom, depth), ref.last_hidden_state)
+
+
+@pytest.mark.parametrize("kw, depth", [(dict(mode="full"), None), (dict(mode="full", freeze_encoder_layers=1), 1),
+                                       (dict(mode="full", freeze_encoder_layers=2), 1),
+                                       (dict(mode="freeze-encoder"), 2), (dict(mode="lora"), 2),
+                                       (dict(mode="lora", lora_encoder=True), 0),
+                                       (dict(mode="lora", lora_encoder=True, freeze_encoder_layers=1), 1)])
+def test_cache_depth_follows_what_trains(tiny_whisper_dir, kw, depth):
+    from transformers import WhisperForConditionalGeneration
+
+    from speechtune.train.encoder_cache import frozen_depth
+    from speechtune.train.recipe import TrainConfig, setup_model
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    setup_model(TrainConfig(**kw), model)
+    # all layers frozen but the final norm trainable (full, freeze 2 of 2): the last layer stays uncached
+    assert frozen_depth(model.get_encoder()) == depth
+
+
+def test_training_top_encoder_layers_on_cached_states_matches_uncached(tiny_whisper_dir, prepared, tmp_path,
+                                                                       monkeypatch):
+    from speechtune.train import encoder_cache
+    from speechtune.train.recipe import train
+
+    kw = dict(mode="full", freeze_encoder_layers=1, max_steps=4, eval_every=4, batch_size=4, lr=1e-3)
+    cached = _weights(train(_cfg(tiny_whisper_dir, prepared, tmp_path / "cached", **kw), progress=False))
+    monkeypatch.setattr(encoder_cache, "frozen_depth", lambda encoder: None)
+    plain = _weights(train(_cfg(tiny_whisper_dir, prepared, tmp_path / "plain", **kw), progress=False))
+    base = _weights_of(tiny_whisper_dir)
+    for k in plain:
+        # the cache keeps states in fp16: the runs differ by ~1e-5 where training moved weights by ~2.5e-3
+        np.testing.assert_allclose(cached[k], plain[k], atol=1e-4, rtol=0, err_msg=k)
+        frozen = k.startswith(("model.encoder.conv", "model.encoder.embed_positions", "model.encoder.layers.0."))
+        assert np.array_equal(cached[k], base[k]) == frozen, k
+
+
+def test_bf16_reaches_the_cached_encoder_layers(tiny_whisper_dir, prepared, tmp_path, monkeypatch):
+    import torch
+
+    from speechtune.train import encoder_cache
+    from speechtune.train.recipe import train
+
+    # The cached bottom and the trainable top run outside the model's forward; --precision must reach them.
+    seen = []
+    real_top = encoder_cache.encode_top
+
+    def spy(encoder, hidden, depth):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real_top(encoder, hidden, depth)
+    monkeypatch.setattr(encoder_cache, "encode_top", spy)
+    out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "out", mode="full", freeze_encoder_layers=1,
+                     precision="bf16", max_steps=2, eval_every=2), progress=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["steps"] == 2
 
 
 def test_guard_threshold_picks_the_checkpoint(monkeypatch):

@@ -1,20 +1,67 @@
-"""With the encoder frozen and no audio augmentation, a clip's encoder output never changes: compute it once.
+"""With the bottom of the encoder frozen and no audio augmentation, a clip's hidden states at the top of the frozen
+part never change: compute them once.
 
 The encoder is most of a step's cost (every clip is a 30 s window), so caching turns later epochs into
-decoder-only work. Outputs are kept as fp16 in memory up to `max_memory_mb`, and past that spilled to .npy files
-in `folder` (tiny.en: 1500 x 384 values, 1.1 MB per clip in fp16).
+decoder-only work (freeze-encoder, decoder-only LoRA), or into work on the few encoder layers that still train
+(`--freeze-encoder-layers N` in full or LoRA mode). Hidden states are kept as fp16 in memory up to
+`max_memory_mb`, and past that spilled to .npy files in `folder` (tiny.en: 1500 x 384 values, 1.1 MB per clip).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
 
+def frozen_depth(encoder) -> int | None:
+    """How many encoder layers, from the bottom, have nothing to train (None: the conv stem trains, so nothing
+    can be cached). Equal to the number of layers when the whole encoder, final norm included, is frozen."""
+    def trains(*modules):
+        return any(p.requires_grad for m in modules for p in m.parameters())
+
+    if trains(encoder.conv1, encoder.conv2, encoder.embed_positions):
+        return None
+    depth = 0
+    for layer in encoder.layers:
+        if trains(layer):
+            break
+        depth += 1
+    if depth == len(encoder.layers) and trains(encoder.layer_norm):
+        depth -= 1  # keep the last layer out of the cache so the trainable norm sees pre-norm states
+    return depth
+
+
+def encode_bottom(encoder, features, depth: int):
+    """Hidden states after the conv stem and `depth` layers; the whole encoder's output when depth is all of it.
+    The stem follows transformers' WhisperEncoder.forward (tests compare against its hidden_states)."""
+    import torch.nn.functional as F
+
+    if depth == len(encoder.layers):
+        return encoder(features).last_hidden_state
+    hidden = F.gelu(encoder.conv2(F.gelu(encoder.conv1(features)))).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight
+    for layer in encoder.layers[:depth]:
+        hidden = layer(hidden, None)
+    return hidden
+
+
+def encode_top(encoder, hidden, depth: int):
+    """The rest of the encoder, on states from `encode_bottom`: the layers that train, then the final norm."""
+    if depth == len(encoder.layers):
+        return hidden
+    for layer in encoder.layers[depth:]:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
 class EncoderCache:
-    def __init__(self, folder: Path, max_memory_mb: float):
+    def __init__(self, folder: Path, max_memory_mb: float, depth: int, autocast=contextlib.nullcontext):
         self.folder = Path(folder)
+        # the encoder runs outside the model's forward, so the run's mixed precision must be applied here too
+        self.autocast = autocast
         self.budget = max_memory_mb * 2 ** 20
+        self.depth = depth
         self.used = 0
         self.memory: dict[int, np.ndarray] = {}
         self.on_disk: set[int] = set()
@@ -38,17 +85,24 @@ class EncoderCache:
         return np.load(self.folder / f"{i}.npy")
 
     def batch(self, idx: list[int], clips, encoder, device, dtype, batch_size: int = 8):
-        """(B, T, D) encoder outputs for clips `idx`, computing and storing the missing ones."""
+        """(B, T, D) encoder outputs for clips `idx`: cached bottom states (computing the missing ones) through the
+        encoder layers that train."""
         import torch
 
         missing = [i for i in idx if i not in self]
+        training = encoder.training
+        encoder.eval()  # frozen means no dropout either: a cached state must be the same every epoch
         for k in range(0, len(missing), batch_size):
             part = missing[k:k + batch_size]
-            with torch.inference_mode():
-                hidden = encoder(clips.features(part).to(device, dtype)).last_hidden_state
+            features = clips.features(part).to(device, dtype)
+            with torch.inference_mode(), self.autocast():
+                hidden = encode_bottom(encoder, features, self.depth)
             for i, h in zip(part, hidden.float().cpu().numpy()):
                 self.put(i, h)
-        return torch.from_numpy(np.stack([self.get(i) for i in idx])).to(device, dtype)
+        encoder.train(training)
+        hidden = torch.from_numpy(np.stack([self.get(i) for i in idx])).to(device, dtype)
+        with self.autocast():
+            return encode_top(encoder, hidden, self.depth)
 
     def clear(self) -> None:
         for i in self.on_disk:

@@ -23,7 +23,7 @@ class TrainingDiverged(SpeechtuneError):
 
 
 def compute_loss(model, clips, idx, cache, cfg, step: int):
-    """Mean cross-entropy of one micro-batch: from cached encoder outputs, or features through the encoder."""
+    """Mean cross-entropy of one micro-batch: from cached encoder states, or features through the encoder."""
     inner = getattr(model, "module", model)  # under DDP, the HF model is wrapped
     device, dtype = inner.device, next(inner.parameters()).dtype
     labels = collate_labels([clips.labels[i] for i in idx]).to(device)

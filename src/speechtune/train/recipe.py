@@ -58,7 +58,7 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
                                     metadata={"help": "module names that get adapters"})
     lora_encoder: bool = field(default=False, metadata={"help": "adapters in the encoder too (otherwise decoder only, and encoder outputs are cached)"})
-    freeze_encoder_layers: int = field(default=0, metadata={"help": "full/lora: freeze the first N encoder layers (and the conv stem)"})
+    freeze_encoder_layers: int = field(default=0, metadata={"help": "full/lora: freeze the first N encoder layers and the conv stem, whose outputs are then computed once per clip (no augmentation)"})
     train_decoder_layers: int = field(default=0, metadata={"help": "train only the top N decoder layers; 0 = all"})
     precision: str = field(default="auto", metadata={"help": "autocast: auto = bf16 on a GPU that has it, else fp16 on GPU, none on CPU", "choices": ["auto", "no", "bf16", "fp16"]})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations: less memory, ~30% slower"})
@@ -154,7 +154,7 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
 
 
 def setup_model(cfg: TrainConfig, model):
-    """Set what trains. Returns (model to train, peft wrapper or None, whether the encoder is frozen)."""
+    """Set what trains. Returns the peft wrapper (or None)."""
     import torch
 
     peft_model = None
@@ -184,7 +184,6 @@ def setup_model(cfg: TrainConfig, model):
         for n, p in decoder.named_parameters():
             if not any(p is q for m in keep for q in m.parameters()) and not n.startswith("layer_norm"):
                 p.requires_grad_(False)
-    encoder_frozen = not any(p.requires_grad for p in encoder.parameters())
     if cfg.spec_augment:
         model.config.apply_spec_augment = True
         model.config.mask_time_prob = cfg.mask_time_prob
@@ -194,7 +193,15 @@ def setup_model(cfg: TrainConfig, model):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not any(p.requires_grad for p in model.parameters()):
         raise SpeechtuneError("nothing left to train with these freeze options")
-    return peft_model, encoder_frozen
+    return peft_model
+
+
+def _cache_note(cache, n_layers: int) -> str:
+    if cache is None:
+        return ""
+    if cache.depth == n_layers:
+        return ", encoder outputs cached"
+    return f", encoder states cached below layer {cache.depth + 1} of {n_layers}"
 
 
 def _mix_rows(cfg: TrainConfig, n_train: int, guard_rows: list[dict]) -> list[dict]:
@@ -242,7 +249,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from ..models.registry import Whisper
     from . import checkpoint
     from .data import Clips, eval_rows, load_split
-    from .encoder_cache import EncoderCache
+    from .encoder_cache import EncoderCache, frozen_depth
     from .loop import train_loop
 
     cfg = _check(cfg)
@@ -266,7 +273,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     whisper = load_model(cfg.model, device=str(accelerator.device), dtype=torch.float32)
     hf_model = whisper.model
-    peft_model, encoder_frozen = setup_model(cfg, hf_model)
+    peft_model = setup_model(cfg, hf_model)
     gen = hf_model.generation_config
     max_len = hf_model.config.max_target_positions
     clips = Clips(train_rows + mixed, whisper.processor, gen, cfg.language, max_len)
@@ -278,7 +285,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if guard_rows:
         evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language)
     augment = cfg.speed_perturb or cfg.noise_snr is not None or cfg.spec_augment
-    cache = EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb) if encoder_frozen and not augment else None
+    depth = None if augment else frozen_depth(hf_model.get_encoder())
+    cache = None if depth is None else EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb, depth,
+                                                    autocast=accelerator.autocast)
 
     world = accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(len(clips) / cfg.batch_size) / cfg.grad_accum / world)
@@ -286,7 +295,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     trainable = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
     accelerator.print(f"training {cfg.mode}: {len(clips)} clips{f' ({len(mixed)} from --mix)' if mixed else ''}, {total} steps of {cfg.batch_size * cfg.grad_accum * world} "
                       f"clips, lr {cfg.lr:g}, {trainable / 1e6:.1f}M trainable parameters"
-                      f"{', encoder outputs cached' if cache else ''}")
+                      f"{_cache_note(cache, len(hf_model.get_encoder().layers))}")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
