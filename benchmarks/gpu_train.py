@@ -55,6 +55,7 @@ def random_model(size: str, out: Path, seed: int = 0) -> Path:
 
 
 def corpus(d: Path, clips: int) -> Path:
+    from speechtune.manifest import write_jsonl
     from speechtune.synth import synth_corpus
 
     if (d / "valid.jsonl").is_file():
@@ -65,8 +66,8 @@ def corpus(d: Path, clips: int) -> Path:
     for r in rows:
         r["audio"] = f"train/{r['audio']}"
         r["language"] = "en"
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    write_jsonl(d / "train.jsonl", rows)
+    write_jsonl(d / "valid.jsonl", rows[:2])
     return d
 
 

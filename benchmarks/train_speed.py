@@ -32,6 +32,7 @@ HELD = ["switch from {a} to {b} tomorrow", "do not combine {a} with {b}", "she t
 
 
 def build_corpus(d: Path) -> Path:
+    from speechtune.manifest import write_jsonl
     from speechtune.synth import synth_corpus
 
     if (d / "valid.jsonl").is_file():
@@ -42,7 +43,7 @@ def build_corpus(d: Path) -> Path:
         rows = [json.loads(l) for l in m.read_text().splitlines()]
         for r in rows:
             r["audio"] = f"{name}/{r['audio']}"
-        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(d / f"{name}.jsonl", rows)
     return d
 
 
