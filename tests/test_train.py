@@ -307,6 +307,10 @@ def test_bf16_reaches_the_cached_encoder_layers(tiny_whisper_dir, prepared, tmp_
         seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
         return real_top(encoder, hidden, depth)
     monkeypatch.setattr(encoder_cache, "encode_top", spy)
+    # an fp32 run first: one process may train several times with different precisions
+    train(_cfg(tiny_whisper_dir, prepared, tmp_path / "fp32", mode="lora", precision="no", max_steps=1,
+               eval_every=1), progress=False)
+    seen.clear()
     out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "out", mode="full", freeze_encoder_layers=1,
                      precision="bf16", max_steps=2, eval_every=2), progress=False)
     assert seen and set(seen) == {torch.bfloat16}

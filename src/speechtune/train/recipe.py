@@ -243,6 +243,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train as `cfg` says; returns the output model folder."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from ..models import load_model
@@ -263,6 +264,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     precision = cfg.precision
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if use_cuda else "no"
+    # accelerate keeps the first Accelerator's mixed precision process-wide and refuses another one, yet a
+    # process may train several times (notebooks, benchmarks). Drop that state, as transformers' Trainer does;
+    # the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
     if accelerator.is_main_process:
         _prepare_out(cfg, out)
