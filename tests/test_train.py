@@ -332,7 +332,8 @@ def test_guard_threshold_picks_the_checkpoint(monkeypatch):
     assert state["best"] == 30 and state["best_any"] == 20 and state["bad_evals"] == 0
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "empty_train", "bad_yaml_key", "out_is_file", "bad_target"])
+@pytest.mark.parametrize("case", ["missing_dir", "empty_train", "bad_yaml_key", "out_is_file", "bad_target",
+                                  "layer_counts"])
 def test_bad_input_names_the_problem(tiny_whisper_dir, prepared, tmp_path, case):
     from speechtune.cli import main as cli_main
     from speechtune.config import build_config
@@ -358,9 +359,13 @@ def test_bad_input_names_the_problem(tiny_whisper_dir, prepared, tmp_path, case)
         f.write_text("x")
         with pytest.raises(SpeechtuneError, match="is a file"):
             train(_cfg(tiny_whisper_dir, prepared, f))
-    else:
+    elif case == "bad_target":
         with pytest.raises(SpeechtuneError, match="lora_targets"):
             train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o", mode="lora", lora_targets=["qkv"]))
+    else:  # a negative count would slice from the other end; more layers than the model has is a typo
+        for kw in (dict(freeze_encoder_layers=-1), dict(freeze_encoder_layers=3), dict(train_decoder_layers=-2)):
+            with pytest.raises(SpeechtuneError, match=f"{next(iter(kw))}: {next(iter(kw.values()))} is not between 0 and 2"):
+                train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o", mode="full", **kw))
 
 
 def test_mix_adds_general_clips_and_refuses_guard_overlap(tiny_whisper_dir, prepared, tmp_path):

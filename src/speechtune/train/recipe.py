@@ -157,6 +157,11 @@ def setup_model(cfg: TrainConfig, model):
     """Set what trains. Returns the peft wrapper (or None)."""
     import torch
 
+    for name, n, what in (("freeze_encoder_layers", len(model.get_encoder().layers), "encoder layers to freeze"),
+                          ("train_decoder_layers", len(model.get_decoder().layers), "top decoder layers to train")):
+        if not 0 <= getattr(cfg, name) <= n:
+            raise SpeechtuneError(f"option {name}: {getattr(cfg, name)} is not between 0 and {n}, this model's "
+                                  f"number of layers", f"pass how many {what} (0 = off)")
     peft_model = None
     model.requires_grad_(True)
     if cfg.mode == "lora":
