@@ -10,7 +10,7 @@ optimum's ONNX exporter is not used because it lags transformers' major versions
 The decoder has no KV cache: every step re-reads the whole prefix. That keeps the graph one plain function
 (no cache tensors to thread through) at the price of O(tokens²) decoder work, which for transcripts of a
 few dozen tokens is small next to the encoder. `--quantization int8` applies onnxruntime's dynamic
-quantization (int8 weights of MatMul/Gemm, activations quantized on the fly).
+quantization (int8 weights of MatMul/Gemm with one scale per output channel, activations quantized on the fly).
 
 Greedy decoding, as `OnnxWhisper.transcribe_batch` does it (the same rules HF `generate` applies with one
 beam, so on the same weights both give the same tokens):
@@ -71,6 +71,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     import contextlib
     import io
     import logging
+    import warnings
 
     import torch
 
@@ -87,7 +88,10 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     batch = torch.export.Dim("batch", min=1, max=256)
     tokens = torch.export.Dim("tokens", min=1, max=cfg.max_target_positions)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+    # torch.export's own deprecation and axis-naming warnings are about its internals, nothing a user can act on
+    with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, UserWarning))
         hidden = encoder(features)
         torch.onnx.export(encoder, (features,), str(out / "encoder.onnx"), dynamo=True, verbose=False,
                           input_names=["input_features"], output_names=["last_hidden_state"],
@@ -101,7 +105,13 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
         for name in ("encoder", "decoder"):
             src = out / f"{name}.onnx"
             tmp = out / f"{name}.int8.onnx"
-            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+            # one scale per output channel: per-tensor scales cost tiny.en 1 pt of WER on real English
+            # (5.78% against fp32's 4.82%, failing the parity check); per channel gives 5.01%
+            logging.disable(logging.WARNING)  # its advice to pre-process models goes to the root logger
+            try:
+                quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                logging.disable(logging.NOTSET)
             for f in out.glob(f"{name}.onnx*"):  # the float graph and any external-data file beside it
                 f.unlink()
             tmp.rename(src)
