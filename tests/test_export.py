@@ -87,6 +87,23 @@ def test_export_refuses_existing_out_and_leaves_nothing_on_error(tiny_whisper_di
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
 
 
+def test_onnx_graph_modules_equal_the_hf_model(tiny_whisper_dir):
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from speechtune.export.onnx import _modules
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    encoder, decoder = _modules(model)
+    feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[50257, 50362, 400, 1332, 11], [50257, 50362, 11, 13, 400]])
+    with torch.no_grad():
+        want = model(input_features=feats, decoder_input_ids=ids).logits
+        kv = encoder(feats)
+        for t in range(1, ids.shape[1] + 1):  # each prefix length, as greedy decoding feeds them
+            torch.testing.assert_close(decoder(ids[:, :t], kv), want[:, t - 1], atol=1e-4, rtol=1e-4)
+
+
 def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path):
     from speechtune.synth import speak
     out = tmp_path / "onnx"

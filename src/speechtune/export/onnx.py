@@ -4,21 +4,23 @@ for onnxruntime.
 The exporter is PyTorch's own (torch.export + onnxscript), which handles transformers 5 models as they are;
 optimum's ONNX exporter is not used because it lags transformers' major versions. Two graphs:
 
-    encoder.onnx  input_features [batch, n_mels, 3000]  -> last_hidden_state [batch, 1500, d_model]
-    decoder.onnx  input_ids [batch, tokens], encoder_hidden_states -> logits [batch, tokens, vocab]
+    encoder.onnx  input_features [batch, n_mels, 3000]  -> cross_kv [batch, layers, 2, heads, 1500, head_dim]
+    decoder.onnx  input_ids [batch, tokens], cross_kv     -> logits [batch, vocab] (of the last position)
 
-The decoder has no KV cache: every step re-reads the whole prefix. That keeps the graph one plain function
-(no cache tensors to thread through) at the price of O(tokens²) decoder work, which for transcripts of a
-few dozen tokens is small next to the encoder. `--quantization int8` applies onnxruntime's dynamic
+The encoder graph ends with every decoder layer's cross-attention key/value projections of its output:
+computed once per clip, where a decoder reading the encoder output would redo them over 1500 frames at every
+step. The decoder has no self-attention cache: every step re-reads the whole prefix. That keeps the graph one
+plain function (no cache tensors to thread through) at the price of O(tokens²) work on the prefix, small for
+transcripts of a few dozen tokens. `--quantization int8` applies onnxruntime's dynamic
 quantization (int8 weights of MatMul/Gemm with one scale per output channel, activations quantized on the fly).
 
 Greedy decoding, as `OnnxWhisper.transcribe_batch` does it (the same rules HF `generate` applies with one
 beam, so on the same weights both give the same tokens):
 
-    1. features = WhisperFeatureExtractor(wav) padded to 30 s;  h = encoder(features)
+    1. features = WhisperFeatureExtractor(wav) padded to 30 s;  kv = encoder(features)
     2. tokens = <|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>   (language detected from
        the first decoder step's logits over language tokens when not given, multilingual models only)
-    3. repeat: logits = decoder(tokens, h)[:, -1]; logits[suppress_tokens] = -inf; on the first step also
+    3. repeat: logits = decoder(tokens, kv); logits[suppress_tokens] = -inf; on the first step also
        logits[begin_suppress_tokens] = -inf; next = argmax; sequences that produced <|endoftext|> keep
        getting it; stop when all have ended, the length reaches max_target_positions (448), or after
        `speechtune.transcribe.max_new_tokens(seconds)` new tokens (the cap HF decoding uses here too).
@@ -43,25 +45,53 @@ WINDOW = 30 * 16000
 
 
 def _modules(model):
+    """The two graphs as torch modules. The encoder also projects its output into every decoder layer's
+    cross-attention keys and values, once per clip; the decoder reads them instead of the encoder output, so a
+    decoding step does not redo those projections over 1500 frames (most of a cache-less step's work)."""
     import torch
+    import torch.nn.functional as F
+
+    decoder, proj_out = model.model.decoder, model.proj_out
+
+    def heads(attn, x):  # [B, T, D] -> [B, H, T, Dh]
+        return x.view(x.shape[0], x.shape[1], -1, attn.head_dim).transpose(1, 2)
+
+    def attend(attn, x, k, v, causal: bool):
+        # as transformers' WhisperAttention: q scaled before the product, no scaling inside it
+        q = heads(attn, attn.q_proj(x) * attn.scaling)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0)
+        return attn.out_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
     class Encoder(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.encoder = model.model.encoder
+            self.encoder, self.decoder = model.model.encoder, decoder
 
         def forward(self, input_features):
-            return self.encoder(input_features).last_hidden_state
+            h = self.encoder(input_features).last_hidden_state
+            kv = [torch.stack([heads(a, a.k_proj(h)), heads(a, a.v_proj(h))], 1)
+                  for a in (layer.encoder_attn for layer in self.decoder.layers)]
+            return torch.stack(kv, 1)  # [B, layers, 2, H, frames, Dh]
 
     class Decoder(torch.nn.Module):
+        """transformers' WhisperDecoder (eval mode, no cache) on precomputed cross-attention keys/values;
+        logits of the last position only. Tests compare it with the HF model."""
+
         def __init__(self):
             super().__init__()
-            self.decoder, self.proj_out = model.model.decoder, model.proj_out
+            self.decoder, self.proj_out = decoder, proj_out
 
-        def forward(self, input_ids, encoder_hidden_states):
-            h = self.decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
-                             use_cache=False).last_hidden_state
-            return self.proj_out(h)
+        def forward(self, input_ids, cross_kv):
+            d = self.decoder
+            h = d.embed_tokens(input_ids) + d.embed_positions.weight[: input_ids.shape[1]]
+            for i, layer in enumerate(d.layers):
+                a = layer.self_attn
+                x = layer.self_attn_layer_norm(h)
+                h = h + attend(a, x, heads(a, a.k_proj(x)), heads(a, a.v_proj(x)), causal=True)
+                x = layer.encoder_attn_layer_norm(h)
+                h = h + attend(layer.encoder_attn, x, cross_kv[:, i, 0], cross_kv[:, i, 1], causal=False)
+                h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
+            return self.proj_out(d.layer_norm(h[:, -1:]))[:, 0]  # 3-D, as in HF: one int8 copy of the tied weight
 
     return Encoder().eval(), Decoder().eval()
 
@@ -92,14 +122,14 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, UserWarning))
-        hidden = encoder(features)
+        cross_kv = encoder(features)
         torch.onnx.export(encoder, (features,), str(out / "encoder.onnx"), dynamo=True, verbose=False,
-                          input_names=["input_features"], output_names=["last_hidden_state"],
+                          input_names=["input_features"], output_names=["cross_kv"],
                           dynamic_shapes={"input_features": {0: batch}})
         ids = torch.tensor([[whisper.model.generation_config.decoder_start_token_id] * 3])
-        torch.onnx.export(decoder, (ids, hidden), str(out / "decoder.onnx"), dynamo=True, verbose=False,
-                          input_names=["input_ids", "encoder_hidden_states"], output_names=["logits"],
-                          dynamic_shapes={"input_ids": {0: batch, 1: tokens}, "encoder_hidden_states": {0: batch}})
+        torch.onnx.export(decoder, (ids, cross_kv), str(out / "decoder.onnx"), dynamo=True, verbose=False,
+                          input_names=["input_ids", "cross_kv"], output_names=["logits"],
+                          dynamic_shapes={"input_ids": {0: batch, 1: tokens}, "cross_kv": {0: batch}})
     if quantization == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
         for name in ("encoder", "decoder"):
@@ -136,6 +166,7 @@ class OnnxWhisper:
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         self.encoder = ort.InferenceSession(str(self.path / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
         self.decoder = ort.InferenceSession(str(self.path / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.memory = self.decoder.get_inputs()[1].name  # "cross_kv"; "encoder_hidden_states" in older exports
         self.gen = GenerationConfig.from_pretrained(self.path)
         self.features = WhisperFeatureExtractor.from_pretrained(self.path)
         self.tokenizer = WhisperTokenizer.from_pretrained(self.path)
@@ -143,11 +174,14 @@ class OnnxWhisper:
         self.max_length = json.loads((self.path / "config.json").read_text()).get("max_target_positions", 448)
 
     def encode(self, wavs: list[np.ndarray]) -> np.ndarray:
+        """What the decoder reads, batch first: every layer's cross-attention keys/values (the encoder output
+        itself in exports made before the encoder graph computed those)."""
         feats = self.features(wavs, sampling_rate=16000, return_tensors="np").input_features.astype(np.float32)
         return self.encoder.run(None, {"input_features": feats})[0]
 
     def logits(self, ids: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        return self.decoder.run(None, {"input_ids": ids.astype(np.int64), "encoder_hidden_states": hidden})[0][:, -1]
+        out = self.decoder.run(None, {"input_ids": ids.astype(np.int64), self.memory: hidden})[0]
+        return out if out.ndim == 2 else out[:, -1]  # older exports return every position's logits
 
     def detect_language(self, hidden: np.ndarray) -> list[str]:
         lang_ids = np.array(sorted(self.gen.lang_to_id.values()))
