@@ -101,7 +101,7 @@ def test_onnx_graph_modules_equal_the_hf_model(tiny_whisper_dir):
         want = model(input_features=feats, decoder_input_ids=ids).logits
         kv = encoder(feats)
         for t in range(1, ids.shape[1] + 1):  # each prefix length, as greedy decoding feeds them
-            torch.testing.assert_close(decoder(ids[:, :t], kv), want[:, t - 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(decoder(ids[:, :t], *kv), want[:, t - 1], atol=1e-4, rtol=1e-4)
 
 
 def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path):

@@ -4,8 +4,9 @@ for onnxruntime.
 The exporter is PyTorch's own (torch.export + onnxscript), which handles transformers 5 models as they are;
 optimum's ONNX exporter is not used because it lags transformers' major versions. Two graphs:
 
-    encoder.onnx  input_features [batch, n_mels, 3000]  -> cross_kv [batch, layers, 2, heads, 1500, head_dim]
-    decoder.onnx  input_ids [batch, tokens], cross_kv     -> logits [batch, vocab] (of the last position)
+    encoder.onnx  input_features [batch, n_mels, 3000] -> per decoder layer i: cross_k_i [batch, heads,
+                  head_dim, 1500] (keys, transposed) and cross_v_i [batch, heads, 1500, head_dim]
+    decoder.onnx  input_ids [batch, tokens], cross_k_0, cross_v_0, ... -> logits [batch, vocab] (last position)
 
 The encoder graph ends with every decoder layer's cross-attention key/value projections of its output:
 computed once per clip, where a decoder reading the encoder output would redo them over 1500 frames at every
@@ -17,10 +18,10 @@ quantization (int8 weights of MatMul/Gemm with one scale per output channel, act
 Greedy decoding, as `OnnxWhisper.transcribe_batch` does it (the same rules HF `generate` applies with one
 beam, so on the same weights both give the same tokens):
 
-    1. features = WhisperFeatureExtractor(wav) padded to 30 s;  kv = encoder(features)
+    1. features = WhisperFeatureExtractor(wav) padded to 30 s;  kv = encoder(features)  (all its outputs)
     2. tokens = <|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>   (language detected from
        the first decoder step's logits over language tokens when not given, multilingual models only)
-    3. repeat: logits = decoder(tokens, kv); logits[suppress_tokens] = -inf; on the first step also
+    3. repeat: logits = decoder(tokens, *kv); logits[suppress_tokens] = -inf; on the first step also
        logits[begin_suppress_tokens] = -inf; next = argmax; sequences that produced <|endoftext|> keep
        getting it; stop when all have ended, the length reaches max_target_positions (448), or after
        `speechtune.transcribe.max_new_tokens(seconds)` new tokens (the cap HF decoding uses here too).
@@ -46,8 +47,9 @@ WINDOW = 30 * 16000
 
 def _modules(model):
     """The two graphs as torch modules. The encoder also projects its output into every decoder layer's
-    cross-attention keys and values, once per clip; the decoder reads them instead of the encoder output, so a
-    decoding step does not redo those projections over 1500 frames (most of a cache-less step's work)."""
+    cross-attention keys (stored transposed) and values, once per clip; the decoder reads them instead of the
+    encoder output, so a decoding step neither redoes those projections over 1500 frames nor moves them
+    around (one input per tensor: onnxruntime copies whatever a graph splits or transposes, at every step)."""
     import torch
     import torch.nn.functional as F
 
@@ -56,10 +58,7 @@ def _modules(model):
     def heads(attn, x):  # [B, T, D] -> [B, H, T, Dh]
         return x.view(x.shape[0], x.shape[1], -1, attn.head_dim).transpose(1, 2)
 
-    def attend(attn, x, k, v, causal: bool):
-        # as transformers' WhisperAttention: q scaled before the product, no scaling inside it
-        q = heads(attn, attn.q_proj(x) * attn.scaling)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0)
+    def merge(attn, o, x):  # [B, H, T, Dh] -> out_proj([B, T, D])
         return attn.out_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
     class Encoder(torch.nn.Module):
@@ -69,9 +68,10 @@ def _modules(model):
 
         def forward(self, input_features):
             h = self.encoder(input_features).last_hidden_state
-            kv = [torch.stack([heads(a, a.k_proj(h)), heads(a, a.v_proj(h))], 1)
-                  for a in (layer.encoder_attn for layer in self.decoder.layers)]
-            return torch.stack(kv, 1)  # [B, layers, 2, H, frames, Dh]
+            out = []
+            for a in (layer.encoder_attn for layer in self.decoder.layers):
+                out += [heads(a, a.k_proj(h)).transpose(2, 3).contiguous(), heads(a, a.v_proj(h)).contiguous()]
+            return tuple(out)  # per layer: keys [B, H, Dh, frames], values [B, H, frames, Dh]
 
     class Decoder(torch.nn.Module):
         """transformers' WhisperDecoder (eval mode, no cache) on precomputed cross-attention keys/values;
@@ -81,15 +81,21 @@ def _modules(model):
             super().__init__()
             self.decoder, self.proj_out = decoder, proj_out
 
-        def forward(self, input_ids, cross_kv):
+        def forward(self, input_ids, *cross):
             d = self.decoder
             h = d.embed_tokens(input_ids) + d.embed_positions.weight[: input_ids.shape[1]]
             for i, layer in enumerate(d.layers):
                 a = layer.self_attn
                 x = layer.self_attn_layer_norm(h)
-                h = h + attend(a, x, heads(a, a.k_proj(x)), heads(a, a.v_proj(x)), causal=True)
+                # as transformers' WhisperAttention: q scaled before the product, no scaling inside it
+                q = heads(a, a.q_proj(x) * a.scaling)
+                o = F.scaled_dot_product_attention(q, heads(a, a.k_proj(x)), heads(a, a.v_proj(x)), is_causal=True,
+                                                   scale=1.0)
+                h = h + merge(a, o, x)
+                a = layer.encoder_attn
                 x = layer.encoder_attn_layer_norm(h)
-                h = h + attend(layer.encoder_attn, x, cross_kv[:, i, 0], cross_kv[:, i, 1], causal=False)
+                q = heads(a, a.q_proj(x) * a.scaling)
+                h = h + merge(a, torch.softmax(q @ cross[2 * i], dim=-1) @ cross[2 * i + 1], x)
                 h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
             return self.proj_out(d.layer_norm(h[:, -1:]))[:, 0]  # 3-D, as in HF: one int8 copy of the tied weight
 
@@ -122,14 +128,15 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, UserWarning))
-        cross_kv = encoder(features)
+        cross = encoder(features)
+        names = [f"cross_{kv}_{i}" for i in range(len(cross) // 2) for kv in "kv"]
         torch.onnx.export(encoder, (features,), str(out / "encoder.onnx"), dynamo=True, verbose=False,
-                          input_names=["input_features"], output_names=["cross_kv"],
+                          input_names=["input_features"], output_names=names,
                           dynamic_shapes={"input_features": {0: batch}})
         ids = torch.tensor([[whisper.model.generation_config.decoder_start_token_id] * 3])
-        torch.onnx.export(decoder, (ids, cross_kv), str(out / "decoder.onnx"), dynamo=True, verbose=False,
-                          input_names=["input_ids", "cross_kv"], output_names=["logits"],
-                          dynamic_shapes={"input_ids": {0: batch, 1: tokens}, "cross_kv": {0: batch}})
+        torch.onnx.export(decoder, (ids, *cross), str(out / "decoder.onnx"), dynamo=True, verbose=False,
+                          input_names=["input_ids", *names], output_names=["logits"],
+                          dynamic_shapes=({0: batch, 1: tokens}, ({0: batch},) * len(cross)))  # *cross: one tuple
     if quantization == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
         for name in ("encoder", "decoder"):
@@ -166,31 +173,33 @@ class OnnxWhisper:
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         self.encoder = ort.InferenceSession(str(self.path / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
         self.decoder = ort.InferenceSession(str(self.path / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.memory = self.decoder.get_inputs()[1].name  # "cross_kv"; "encoder_hidden_states" in older exports
+        # what the encoder hands the decoder, in order: cross_k_0, cross_v_0, ...; older exports pass one tensor
+        # (encoder_hidden_states, or cross_kv)
+        self.memory = [i.name for i in self.decoder.get_inputs()[1:]]
         self.gen = GenerationConfig.from_pretrained(self.path)
         self.features = WhisperFeatureExtractor.from_pretrained(self.path)
         self.tokenizer = WhisperTokenizer.from_pretrained(self.path)
         self.multilingual = bool(getattr(self.gen, "is_multilingual", False))
         self.max_length = json.loads((self.path / "config.json").read_text()).get("max_target_positions", 448)
 
-    def encode(self, wavs: list[np.ndarray]) -> np.ndarray:
-        """What the decoder reads, batch first: every layer's cross-attention keys/values (the encoder output
-        itself in exports made before the encoder graph computed those)."""
+    def encode(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """What the decoder reads, each array batch first: every layer's cross-attention keys and values (the
+        encoder output itself in exports made before the encoder graph computed those)."""
         feats = self.features(wavs, sampling_rate=16000, return_tensors="np").input_features.astype(np.float32)
-        return self.encoder.run(None, {"input_features": feats})[0]
+        return self.encoder.run(None, {"input_features": feats})
 
-    def logits(self, ids: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        out = self.decoder.run(None, {"input_ids": ids.astype(np.int64), self.memory: hidden})[0]
+    def logits(self, ids: np.ndarray, memory: list[np.ndarray]) -> np.ndarray:
+        out = self.decoder.run(None, {"input_ids": ids.astype(np.int64), **dict(zip(self.memory, memory))})[0]
         return out if out.ndim == 2 else out[:, -1]  # older exports return every position's logits
 
-    def detect_language(self, hidden: np.ndarray) -> list[str]:
+    def detect_language(self, hidden: list[np.ndarray]) -> list[str]:
         lang_ids = np.array(sorted(self.gen.lang_to_id.values()))
-        first = np.full((hidden.shape[0], 1), self.gen.decoder_start_token_id)
+        first = np.full((len(hidden[0]), 1), self.gen.decoder_start_token_id)
         best = lang_ids[self.logits(first, hidden)[:, lang_ids].argmax(-1)]
         names = {v: k[2:-2] for k, v in self.gen.lang_to_id.items()}
         return [names[int(i)] for i in best]
 
-    def generate(self, hidden: np.ndarray, prefixes: list[list[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+    def generate(self, hidden: list[np.ndarray], prefixes: list[list[int]], max_new_tokens: int | None = None) -> list[list[int]]:
         """Greedy tokens after each prefix (prefixes of equal length), without the prefix and the final EOT."""
         eot = self.gen.eos_token_id
         suppress = np.array(self.gen.suppress_tokens or [], dtype=np.int64)
@@ -228,7 +237,7 @@ class OnnxWhisper:
         results: list[dict] = [{}] * len(wavs)
         for lang in dict.fromkeys(langs):  # one prefix length per group keeps the batch rectangular
             idx = [i for i, x in enumerate(langs) if x == lang]
-            tokens = self.generate(hidden[idx], [self.prefix(lang)] * len(idx), max_new_tokens)
+            tokens = self.generate([m[idx] for m in hidden], [self.prefix(lang)] * len(idx), max_new_tokens)
             for i, t in zip(idx, tokens):
                 results[i] = {"text": self.tokenizer.decode(t, skip_special_tokens=True).strip(),
                               "language": lang if self.multilingual else "en", "tokens": t}
