@@ -94,14 +94,15 @@ def test_onnx_graph_modules_equal_the_hf_model(tiny_whisper_dir):
     from speechtune.export.onnx import _modules
 
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
-    encoder, decoder = _modules(model)
     feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
     ids = torch.tensor([[50257, 50362, 400, 1332, 11], [50257, 50362, 11, 13, 400]])
-    with torch.no_grad():
-        want = model(input_features=feats, decoder_input_ids=ids).logits
-        kv = encoder(feats)
-        for t in range(1, ids.shape[1] + 1):  # each prefix length, as greedy decoding feeds them
-            torch.testing.assert_close(decoder(ids[:, :t], *kv), want[:, t - 1], atol=1e-4, rtol=1e-4)
+    for untie in (False, True):  # int8 exports give the logits their own (transposed) copy of the embedding
+        encoder, decoder = _modules(model, untie=untie)
+        with torch.no_grad():
+            want = model(input_features=feats, decoder_input_ids=ids).logits
+            kv = encoder(feats)
+            for t in range(1, ids.shape[1] + 1):  # each prefix length, as greedy decoding feeds them
+                torch.testing.assert_close(decoder(ids[:, :t], *kv), want[:, t - 1], atol=1e-4, rtol=1e-4)
 
 
 def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path):
@@ -129,6 +130,15 @@ def test_onnx_int8_has_a_weight_scale_per_output_channel(tiny_whisper_dir, tmp_p
         # MatMulInteger's second input is "<weight>_quantized"; its scale is the initializer "<weight>_scale"
         weight_scales = [scales.get(n.input[1].removesuffix("_quantized") + "_scale") for n in matmul]
         assert all(dims and dims[0] > 1 for dims in weight_scales), (name, weight_scales)
+        # no weight is dequantized whole at run time (the tied logits weight once was, at every decoding step)
+        weights = {i.name for i in graph.initializer}
+        steps = {o: n for n in graph.node for o in n.output}
+        for n in graph.node:
+            if n.op_type == "DequantizeLinear":
+                src = steps.get(n.input[0])
+                assert n.input[0] not in weights and src is not None and src.op_type == "Gather", (name, n.name)
+        # onnxruntime's ConvInteger is 3x slower than its fp32 Conv here
+        assert not [n for n in graph.node if n.op_type == "ConvInteger"], name
 
 
 def test_parity_failure_reports_both_figures(short_whisper_dir, tmp_path, manifest):

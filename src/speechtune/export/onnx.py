@@ -13,7 +13,10 @@ computed once per clip, where a decoder reading the encoder output would redo th
 step. The decoder has no self-attention cache: every step re-reads the whole prefix. That keeps the graph one
 plain function (no cache tensors to thread through) at the price of O(tokens²) work on the prefix, small for
 transcripts of a few dozen tokens. `--quantization int8` applies onnxruntime's dynamic
-quantization (int8 weights of MatMul/Gemm with one scale per output channel, activations quantized on the fly).
+quantization: int8 weights of the MatMuls with one scale per output channel, activations quantized on the fly,
+and an int8 token-embedding table (rows dequantized after the lookup). The convolutions stay fp32. The logits
+projection gets its own int8 copy of the (tied) embedding, stored transposed: sharing one table made the
+decoder dequantize all of it, 51865 x d_model floats, at every step (8 of the 13 ms a tiny.en step took).
 
 Greedy decoding, as `OnnxWhisper.transcribe_batch` does it (the same rules HF `generate` applies with one
 beam, so on the same weights both give the same tokens):
@@ -45,7 +48,7 @@ COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_co
 WINDOW = 30 * 16000
 
 
-def _modules(model):
+def _modules(model, untie: bool = False):
     """The two graphs as torch modules. The encoder also projects its output into every decoder layer's
     cross-attention keys (stored transposed) and values, once per clip; the decoder reads them instead of the
     encoder output, so a decoding step neither redoes those projections over 1500 frames nor moves them
@@ -80,6 +83,8 @@ def _modules(model):
         def __init__(self):
             super().__init__()
             self.decoder, self.proj_out = decoder, proj_out
+            if untie:
+                self.logits_weight = torch.nn.Parameter(proj_out.weight.detach().t().contiguous(), requires_grad=False)
 
         def forward(self, input_ids, *cross):
             d = self.decoder
@@ -97,7 +102,10 @@ def _modules(model):
                 q = heads(a, a.q_proj(x) * a.scaling)
                 h = h + merge(a, torch.softmax(q @ cross[2 * i], dim=-1) @ cross[2 * i + 1], x)
                 h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
-            return self.proj_out(d.layer_norm(h[:, -1:]))[:, 0]  # 3-D, as in HF: one int8 copy of the tied weight
+            h = d.layer_norm(h[:, -1:])
+            if untie:
+                return (h @ self.logits_weight)[:, 0]
+            return self.proj_out(h)[:, 0]
 
     return Encoder().eval(), Decoder().eval()
 
@@ -119,7 +127,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     out.mkdir(parents=True)
     whisper = load_model(model_dir, device="cpu", dtype=torch.float32)
     cfg = whisper.model.config
-    encoder, decoder = _modules(whisper.model)
+    encoder, decoder = _modules(whisper.model, untie=quantization == "int8")
     features = torch.zeros(1, cfg.num_mel_bins, 2 * cfg.max_source_positions)
     batch = torch.export.Dim("batch", min=1, max=256)
     tokens = torch.export.Dim("tokens", min=1, max=cfg.max_target_positions)
@@ -146,7 +154,10 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
             # (5.78% against fp32's 4.82%, failing the parity check); per channel gives 5.01%
             logging.disable(logging.WARNING)  # its advice to pre-process models goes to the root logger
             try:
-                quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+                # the convolutions stay fp32: onnxruntime's ConvInteger took 36 ms of the encoder's 197 (batch 1),
+                # its fp32 Conv 11 ms; the other op types it would quantize (Transpose, ...) only add copies
+                quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul", "Gather"])
             finally:
                 logging.disable(logging.NOTSET)
             for f in out.glob(f"{name}.onnx*"):  # the float graph and any external-data file beside it
@@ -171,6 +182,9 @@ class OnnxWhisper:
                                       "export with `speechtune export MODEL --format onnx --out DIR`")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        # idle onnxruntime threads otherwise spin between runs, taking the cores from the Python work between
+        # them (features, the greedy loop): 17% of the wall time on tiny.en at batch 1 (docs/benchmarks.md)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.encoder = ort.InferenceSession(str(self.path / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
         self.decoder = ort.InferenceSession(str(self.path / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
         # what the encoder hands the decoder, in order: cross_k_0, cross_v_0, ...; older exports pass one tensor
