@@ -101,8 +101,13 @@ def test_onnx_graph_modules_equal_the_hf_model(tiny_whisper_dir):
         with torch.no_grad():
             want = model(input_features=feats, decoder_input_ids=ids).logits
             kv = encoder(feats)
-            for t in range(1, ids.shape[1] + 1):  # each prefix length, as greedy decoding feeds them
-                torch.testing.assert_close(decoder(ids[:, :t], *kv), want[:, t - 1], atol=1e-4, rtol=1e-4)
+            for first in (1, 2, 5):  # a prefix in one call, then one token at a time, as greedy decoding feeds them
+                logits, *cache = decoder(ids[:, :first], *kv, *decoder.empty_cache(2))
+                torch.testing.assert_close(logits, want[:, first - 1], atol=1e-4, rtol=1e-4)
+                for t in range(first, ids.shape[1]):
+                    logits, *cache = decoder(ids[:, t:t + 1], *kv, *cache)
+                    torch.testing.assert_close(logits, want[:, t], atol=1e-4, rtol=1e-4)
+                assert cache[0].shape[2] == 1 + ids.shape[1]  # the placeholder slot and one per token
 
 
 def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path):

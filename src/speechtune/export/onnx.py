@@ -6,18 +6,24 @@ optimum's ONNX exporter is not used because it lags transformers' major versions
 
     encoder.onnx  input_features [batch, n_mels, 3000] -> per decoder layer i: cross_k_i [batch, heads,
                   head_dim, 1500] (keys, transposed) and cross_v_i [batch, heads, 1500, head_dim]
-    decoder.onnx  input_ids [batch, tokens], cross_k_0, cross_v_0, ... -> logits [batch, vocab] (last position)
+    decoder.onnx  input_ids [batch, new tokens], cross_k_0, cross_v_0, ..., past_k_0, past_v_0, ... [batch,
+                  heads, slots, head_dim] -> logits [batch, vocab] (last position), present_k_0, present_v_0, ...
+                  (the past grown by the new tokens)
 
-The encoder's self-attention is onnxruntime's MultiHeadAttention (a contrib op, domain com.microsoft), so
-the graphs are for onnxruntime, the runtime `OnnxWhisper` uses. The encoder graph ends with every decoder layer's cross-attention key/value projections of its output:
-computed once per clip, where a decoder reading the encoder output would redo them over 1500 frames at every
-step. The decoder has no self-attention cache: every step re-reads the whole prefix. That keeps the graph one
-plain function (no cache tensors to thread through) at the price of O(tokens²) work on the prefix, small for
-transcripts of a few dozen tokens. `--quantization int8` applies onnxruntime's dynamic
-quantization: int8 weights of the MatMuls with one scale per output channel, activations quantized on the fly,
-and an int8 token-embedding table (rows dequantized after the lookup). The convolutions stay fp32. The logits
-projection gets its own int8 copy of the (tied) embedding, stored transposed: sharing one table made the
-decoder dequantize all of it, 51865 x d_model floats, at every step (8 of the 13 ms a tiny.en step took).
+The encoder's self-attention is onnxruntime's MultiHeadAttention (a contrib op, domain com.microsoft), so the
+graphs are for onnxruntime, the runtime `OnnxWhisper` uses. The encoder graph ends with every decoder layer's
+cross-attention key/value projections of its output: computed once per clip, where a decoder reading the
+encoder output would redo them over 1500 frames at every step. The decoder keeps a self-attention cache whose
+slot 0 is a placeholder no query attends to, so the first call (the whole prefix, past of that one slot)
+and the later ones (one token) run the same graph and no input is ever empty. Without the cache, every
+step re-ran the whole prefix through every layer, cross-attention over 1500 frames included: a batch-8 step
+of tiny.en int8 took 8 ms at 1 token, 27 ms at 20 and 42 ms at 40.
+
+`--quantization int8` applies onnxruntime's dynamic quantization: int8 weights of the MatMuls with one scale
+per output channel, activations quantized on the fly, and an int8 token-embedding table (rows dequantized after
+the lookup). The convolutions stay fp32. The logits projection gets its own int8 copy of the (tied) embedding,
+stored transposed: sharing one table made the decoder dequantize all of it, 51865 x d_model floats, at every
+step (8 of the 13 ms a tiny.en step took).
 
 Greedy decoding, as `OnnxWhisper.transcribe_batch` does it (the same rules HF `generate` applies with one
 beam, so on the same weights both give the same tokens):
@@ -25,11 +31,11 @@ beam, so on the same weights both give the same tokens):
     1. features = WhisperFeatureExtractor(wav) padded to 30 s;  kv = encoder(features)  (all its outputs)
     2. tokens = <|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>   (language detected from
        the first decoder step's logits over language tokens when not given, multilingual models only)
-    3. repeat: logits = decoder(tokens, *kv); logits[suppress_tokens] = -inf; on the first step also
-       logits[begin_suppress_tokens] = -inf; next = argmax; a sequence that produced <|endoftext|> leaves
-       the batch (HF keeps it, padded: the same tokens); stop when all have ended, the length reaches
-       max_target_positions (448), or after `speechtune.transcribe.max_new_tokens(seconds)` new tokens (the cap
-       HF decoding uses here too).
+    3. repeat: logits, cache = decoder(the tokens not yet in the cache, *kv, *cache);
+       logits[suppress_tokens] = -inf; on the first step also logits[begin_suppress_tokens] = -inf;
+       next = argmax; a sequence that produced <|endoftext|> leaves the batch (HF keeps it, padded: the same
+       tokens); stop when all have ended, the length reaches max_target_positions (448), or after
+       `speechtune.transcribe.max_new_tokens(seconds)` new tokens (the cap HF decoding uses here too).
     4. text = tokenizer.decode(generated, skip_special_tokens=True)
 """
 from __future__ import annotations
@@ -134,8 +140,12 @@ def _modules(model, untie: bool = False):
             return tuple(out)  # per layer: keys [B, H, Dh, frames], values [B, H, frames, Dh]
 
     class Decoder(torch.nn.Module):
-        """transformers' WhisperDecoder (eval mode, no cache) on precomputed cross-attention keys/values;
-        logits of the last position only. Tests compare it with the HF model."""
+        """transformers' WhisperDecoder (eval mode) on precomputed cross-attention keys/values, with a
+        self-attention cache. It reads the new tokens, the cross-attention keys/values and every layer's cached
+        self-attention keys/values (past_k_i, past_v_i), and returns the logits of the last position and the
+        cache grown by the new tokens. Slot 0 of the cache is a placeholder that no query attends to: the first
+        call passes a cache of that one slot, so no graph input is ever empty. Tests compare it with the HF
+        model."""
 
         def __init__(self):
             super().__init__()
@@ -143,26 +153,36 @@ def _modules(model, untie: bool = False):
             if untie:
                 self.logits_weight = torch.nn.Parameter(proj_out.weight.detach().t().contiguous(), requires_grad=False)
 
-        def forward(self, input_ids, *cross):
+        def forward(self, input_ids, *memory):
             d = self.decoder
-            h = d.embed_tokens(input_ids) + d.embed_positions.weight[: input_ids.shape[1]]
+            cross, cache = memory[:2 * len(d.layers)], memory[2 * len(d.layers):]
+            past, new = cache[0].shape[2], input_ids.shape[1]  # past counts the placeholder
+            h = d.embed_tokens(input_ids) + d.embed_positions.weight[past - 1:past - 1 + new]
+            # new token i sits in slot past + i and sees slots 1 .. past + i
+            slots = torch.arange(past + new)
+            visible = (slots >= 1) & (slots <= past + torch.arange(new)[:, None])
+            grown = []
             for i, layer in enumerate(d.layers):
                 a = layer.self_attn
                 x = layer.self_attn_layer_norm(h)
+                k = torch.cat([cache[2 * i], heads(a, a.k_proj(x))], dim=2)
+                v = torch.cat([cache[2 * i + 1], heads(a, a.v_proj(x))], dim=2)
+                grown += [k, v]
                 # as transformers' WhisperAttention: q scaled before the product, no scaling inside it
                 q = heads(a, a.q_proj(x) * a.scaling)
-                o = F.scaled_dot_product_attention(q, heads(a, a.k_proj(x)), heads(a, a.v_proj(x)), is_causal=True,
-                                                   scale=1.0)
-                h = h + merge(a, o, x)
+                h = h + merge(a, F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=1.0), x)
                 a = layer.encoder_attn
                 x = layer.encoder_attn_layer_norm(h)
                 q = heads(a, a.q_proj(x) * a.scaling)
                 h = h + merge(a, torch.softmax(q @ cross[2 * i], dim=-1) @ cross[2 * i + 1], x)
                 h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
             h = d.layer_norm(h[:, -1:])
-            if untie:
-                return (h @ self.logits_weight)[:, 0]
-            return self.proj_out(h)[:, 0]
+            logits = (h @ self.logits_weight)[:, 0] if untie else self.proj_out(h)[:, 0]
+            return (logits, *grown)
+
+        def empty_cache(self, batch: int) -> list:
+            a = self.decoder.layers[0].self_attn
+            return [torch.zeros(batch, a.num_heads, 1, a.head_dim)] * (2 * len(self.decoder.layers))
 
     return Encoder().eval(), Decoder().eval()
 
@@ -198,10 +218,16 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
         torch.onnx.export(encoder, (features,), str(out / "encoder.onnx"), dynamo=True, verbose=False,
                           input_names=["input_features"], output_names=names,
                           dynamic_shapes={"input_features": {0: batch}}, custom_translation_table=_attention_onnx())
-        ids = torch.tensor([[whisper.model.generation_config.decoder_start_token_id] * 3])
-        torch.onnx.export(decoder, (ids, *cross), str(out / "decoder.onnx"), dynamo=True, verbose=False,
-                          input_names=["input_ids", *names], output_names=["logits"],
-                          dynamic_shapes=({0: batch, 1: tokens}, ({0: batch},) * len(cross)))  # *cross: one tuple
+        ids = torch.tensor([[whisper.model.generation_config.decoder_start_token_id] * 2])
+        # an example cache of 3 slots, not the first call's 1: torch.export fixes any dimension it sees as 1
+        cache = [torch.cat([c] * 3, dim=2) for c in decoder.empty_cache(1)]
+        past = torch.export.Dim("past", min=1, max=cfg.max_target_positions)
+        cached = [f"{kv}_{i}" for i in range(len(cache) // 2) for kv in "kv"]
+        torch.onnx.export(decoder, (ids, *cross, *cache), str(out / "decoder.onnx"), dynamo=True, verbose=False,
+                          input_names=["input_ids", *names, *(f"past_{n}" for n in cached)],
+                          output_names=["logits", *(f"present_{n}" for n in cached)],
+                          dynamic_shapes=({0: batch, 1: tokens},  # *memory: one tuple
+                                          ({0: batch},) * len(cross) + ({0: batch, 2: past},) * len(cache)))
     if quantization == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
         for name in ("encoder", "decoder"):
@@ -246,7 +272,9 @@ class OnnxWhisper:
         self.decoder = ort.InferenceSession(str(self.path / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
         # what the encoder hands the decoder, in order: cross_k_0, cross_v_0, ...; older exports pass one tensor
         # (encoder_hidden_states, or cross_kv)
-        self.memory = [i.name for i in self.decoder.get_inputs()[1:]]
+        self.memory = [i.name for i in self.decoder.get_inputs()[1:] if not i.name.startswith("past_")]
+        # the decoder's self-attention cache inputs; none in exports made before it had one
+        self.past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_")]
         self.gen = GenerationConfig.from_pretrained(self.path)
         self.features = WhisperFeatureExtractor.from_pretrained(self.path)
         self.tokenizer = WhisperTokenizer.from_pretrained(self.path)
@@ -262,9 +290,21 @@ class OnnxWhisper:
         runs = [self.encoder.run(None, {"input_features": feats[i:i + 1]}) for i in range(len(feats))]
         return [np.concatenate(parts) for parts in zip(*runs)]
 
+    def step(self, ids: np.ndarray, memory: list[np.ndarray], cache: list[np.ndarray] | None = None):
+        """Logits after each row of `ids` [batch, tokens], and the self-attention cache to pass with the same rows
+        next time; only the tokens the cache lacks are fed (all of them when it is None)."""
+        feed = dict(zip(self.memory, memory))
+        if not self.past:  # exports made before the cache re-read the whole prefix at every step
+            out = self.decoder.run(None, {"input_ids": ids.astype(np.int64), **feed})[0]
+            return (out if out.ndim == 2 else out[:, -1]), None  # older still: every position's logits
+        if cache is None:  # one placeholder slot (see the module docstring)
+            cache = [np.zeros((len(ids), p.shape[1], 1, p.shape[3]), dtype=np.float32) for p in self.past]
+        feed.update(zip((p.name for p in self.past), cache))
+        logits, *cache = self.decoder.run(None, {"input_ids": ids[:, cache[0].shape[2] - 1:].astype(np.int64), **feed})
+        return logits, cache
+
     def logits(self, ids: np.ndarray, memory: list[np.ndarray]) -> np.ndarray:
-        out = self.decoder.run(None, {"input_ids": ids.astype(np.int64), **dict(zip(self.memory, memory))})[0]
-        return out if out.ndim == 2 else out[:, -1]  # older exports return every position's logits
+        return self.step(ids, memory)[0]
 
     def detect_language(self, hidden: list[np.ndarray]) -> list[str]:
         lang_ids = np.array(sorted(self.gen.lang_to_id.values()))
@@ -283,8 +323,9 @@ class OnnxWhisper:
         limit = self.max_length if max_new_tokens is None else min(self.max_length, start + max_new_tokens)
         rows = np.arange(len(ids))  # the caller's row of each sequence still decoding
         out: list[list[int]] = [[] for _ in prefixes]
+        cache = None
         while len(rows) and ids.shape[1] < limit:
-            logits = self.logits(ids, hidden)
+            logits, cache = self.step(ids, hidden, cache)
             logits[:, suppress] = -np.inf
             if ids.shape[1] == start:
                 logits[:, begin] = -np.inf
@@ -296,6 +337,7 @@ class OnnxWhisper:
                 for r, seq in zip(rows[~live], ids[~live]):
                     out[r] = seq[start:-1].tolist()
                 rows, ids, hidden = rows[live], ids[live], [m[live] for m in hidden]
+                cache = None if cache is None else [c[live] for c in cache]
         for r, seq in zip(rows, ids):
             out[r] = seq[start:].tolist()
         return out
