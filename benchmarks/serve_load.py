@@ -1,4 +1,4 @@
-"""Serving under load, and the int8 CTranslate2 export against Hugging Face generate.
+"""Serving under load, and the int8 exports (CTranslate2, ONNX) against Hugging Face generate.
 
 1. Export MODEL (default the bundled tiny.en) to CTranslate2 int8.
 2. Single-stream baseline: one faster-whisper WhisperModel on that folder transcribes the files one after
@@ -7,8 +7,8 @@
 3. Load: `speechtune serve` in its own process on a free loopback port; CLIENTS threads post the same clips
    through the OpenAI-compatible endpoint until REQUESTS answers came back. Throughput is audio seconds
    answered per wall second; latency is per request, upload to answer.
-4. RTF of the int8 export vs HF `generate` in fp32 on the manifest (both greedy, batch 1 and 8), with WER
-   of each: the parity check of `speechtune export`, with no allowance enforced.
+4. RTF of each int8 export (CTranslate2, ONNX) vs HF `generate` in fp32 on the manifest (all greedy, batch 1
+   and 8), with WER of each: the parity check of `speechtune export`, with no allowance enforced.
 
     python benchmarks/serve_load.py [--model tiny.en] [--data ../shared/realspeech/en.jsonl]
         [--clients 16] [--requests 88] [--workers 2] [--out bench-out/serve_load.json]
@@ -149,13 +149,17 @@ def main() -> None:
         if not args.skip_rtf:
             from speechtune.export.parity import check
             from speechtune.models import resolve_model
+            onnx = Path(tmp) / "onnx-int8"
+            result["onnx_size_mb"] = export(args.model, "onnx", onnx, quantization="int8")["size_mb"]
             result["rtf"] = []
             for bs in args.rtf_batch_sizes:
-                print(f"RTF: HF generate fp32 vs CT2 int8 on the manifest, batch {bs} ...", flush=True)
-                p = check(resolve_model(args.model), load_runtime(ct2), args.data, max_wer_delta=1e9,
-                          batch_size=bs, progress=False)
-                result["rtf"].append({"batch_size": bs, "hf_fp32": p["pytorch"], "ct2_int8": p["exported"],
-                                      "speedup": p["pytorch"]["rtf"] / p["exported"]["rtf"], "metric": p["metric"]})
+                for fmt, folder in (("ct2", ct2), ("onnx", onnx)):
+                    print(f"RTF: HF generate fp32 vs {fmt} int8 on the manifest, batch {bs} ...", flush=True)
+                    p = check(resolve_model(args.model), load_runtime(folder), args.data, max_wer_delta=1e9,
+                              batch_size=bs, progress=False)
+                    result["rtf"].append({"batch_size": bs, "format": fmt, "hf_fp32": p["pytorch"],
+                                          "int8": p["exported"], "speedup": p["pytorch"]["rtf"] / p["exported"]["rtf"],
+                                          "metric": p["metric"]})
     result["load_average_end"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -180,12 +184,13 @@ def report(r: dict) -> str:
              "(target >= 1.5x)"]
     if r.get("rtf"):
         m = r["rtf"][0]["metric"].upper()
-        lines += ["", f"| batch | HF generate fp32 RTF | CT2 int8 RTF | int8 speed-up (target >= 2x) | HF {m} | int8 {m} |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", f"ONNX int8 export: {r['onnx_size_mb']['export']} MB", "",
+                  f"| batch | int8 export | HF generate fp32 RTF | int8 RTF | int8 speed-up (target >= 2x) | HF {m} "
+                  f"| int8 {m} |", "|---:|---|---:|---:|---:|---:|---:|"]
         for t in r["rtf"]:
-            lines.append(f"| {t['batch_size']} | {t['hf_fp32']['rtf']:.3f} | {t['ct2_int8']['rtf']:.3f} | "
+            lines.append(f"| {t['batch_size']} | {t['format']} | {t['hf_fp32']['rtf']:.3f} | {t['int8']['rtf']:.3f} | "
                          f"{t['speedup']:.2f}x | {100 * t['hf_fp32']['error_rate']:.2f}% | "
-                         f"{100 * t['ct2_int8']['error_rate']:.2f}% |")
+                         f"{100 * t['int8']['error_rate']:.2f}% |")
     return "\n".join(lines)
 
 
