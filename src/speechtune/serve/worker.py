@@ -7,8 +7,10 @@ where concurrent load gets its throughput, since one big matrix product beats se
 over 30 s and requests for segments go one at a time through the backend's long-form path.
 
 Backends:
-- CT2: a CTranslate2 folder through faster-whisper (`export.ct2.CT2Whisper`), the fastest on CPU. Any other
-  model spec is resolved to a Hugging Face folder and exported once to CT2 int8 in the cache.
+- CT2: a CTranslate2 folder through faster-whisper (`export.ct2.CT2Whisper`), which covers the whole API
+  (prompts, sampling, timestamps) on CPU and CUDA. Any other model spec is resolved to a Hugging Face folder
+  and exported once to CT2 int8 in the cache. (The ONNX export decodes faster on CPU, but greedily only,
+  without prompts or timestamps: it is not a serving backend.)
 - HF: transformers `generate` through `speechtune.transcribe`, for when CT2 is not wanted (`--backend hf`).
 """
 from __future__ import annotations
