@@ -110,7 +110,7 @@ def test_onnx_graph_modules_equal_the_hf_model(tiny_whisper_dir):
                 assert cache[0].shape[2] == 1 + ids.shape[1]  # the placeholder slot and one per token
 
 
-def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path):
+def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path, capsys):
     from speechtune.synth import speak
     out = tmp_path / "onnx"
     export(tiny_whisper_dir, "onnx", out)
@@ -122,6 +122,17 @@ def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path):
     got = [r["tokens"] for r in runtime.transcribe_batch(wavs, max_new_tokens=12)]
     assert got == hf_greedy(tiny_whisper_dir, wavs, 12)
     assert len(got[0]) == 12
+
+    # `speechtune transcribe` runs the export too: greedy, text or JSON without segments
+    from speechtune.audio import decode
+    from speechtune.cli import main
+    clip = tmp_path / "hello.wav"
+    write_wav(clip, wavs[0])
+    assert main(["transcribe", str(clip), "--model", str(out), "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"] == runtime.transcribe(decode(clip))["text"] and row["segments"] == []
+    assert main(["transcribe", str(clip), "--model", str(out), "--format", "srt"]) == 2
+    assert "without timestamps" in capsys.readouterr().err
 
 
 def test_onnx_int8_has_a_weight_scale_per_output_channel(tiny_whisper_dir, tmp_path):

@@ -2,7 +2,8 @@
 
 Clips up to 30 s are decoded in batches; longer audio goes through Whisper's own sequential long-form
 decoding (timestamps on, each 30 s window shifted to the last complete segment), which is also what gives
-SRT/VTT their cue times.
+SRT/VTT their cue times. An ONNX export (`speechtune export --format onnx`) is run by onnxruntime through
+its own greedy loop (`export.onnx.OnnxWhisper`): text or JSON, without segment times.
 """
 from __future__ import annotations
 
@@ -155,7 +156,9 @@ def format_result(path: str, result: Result, fmt: str) -> str:
 
 def add_arguments(p) -> None:
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, mp3, ogg/opus, m4a, ...; any rate)")
-    p.add_argument("--model", default="tiny.en", help="model spec: tiny.en | base | HF folder | hub id | .pt | CT2 folder")
+    p.add_argument("--model", default="tiny.en",
+                   help="model spec: tiny.en | base | HF folder | hub id | .pt | CT2 folder; or an ONNX export "
+                        "(greedy, text or json without segments)")
     p.add_argument("--language", help="language code for multilingual models (e.g. en, zh); default: detect")
     p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt"])
     p.add_argument("--beam-size", type=int, default=1)
@@ -177,7 +180,11 @@ def main(args) -> int:
     if args.server:
         from .serve.client import transcribe_remote  # the serve component owns the HTTP client side
         return transcribe_remote(args)
-    whisper = load_for_cli(args.model, args.device)
+    onnx = (Path(args.model).expanduser() / "encoder.onnx").is_file()
+    if onnx and (args.format in ("srt", "vtt") or args.beam_size > 1):
+        raise SpeechtuneError(f"{args.model}: an ONNX export decodes greedily, without timestamps",
+                              "use --format text or json and --beam-size 1, or transcribe with the source model")
+    whisper = load_for_cli(args.model, args.device, onnx)
     failed = 0
     for path in args.audio:
         try:
@@ -186,13 +193,20 @@ def main(args) -> int:
             print(f"error: {e.source}: {e.detail}", file=sys.stderr)
             failed += 1
             continue
-        result = transcribe(whisper, wav, language=args.language, timestamps=args.format in ("srt", "vtt"),
-                            num_beams=args.beam_size)
+        if onnx:
+            r = whisper.transcribe(wav, language=args.language)
+            result = Result(r["text"], [], r["language"], len(wav) / SAMPLE_RATE)
+        else:
+            result = transcribe(whisper, wav, language=args.language, timestamps=args.format in ("srt", "vtt"),
+                                num_beams=args.beam_size)
         _print(path, format_result(path, result, args.format), args.format, len(args.audio) > 1)
         sys.stdout.flush()
     return 1 if failed else 0
 
 
-def load_for_cli(spec: str, device: str | None = None):
+def load_for_cli(spec: str, device: str | None = None, onnx: bool = False):
+    if onnx:  # an ONNX export runs in onnxruntime on the CPU
+        from .export.onnx import OnnxWhisper
+        return OnnxWhisper(spec)
     from .models import load_model
     return load_model(spec, device=device)
