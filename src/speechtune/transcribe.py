@@ -180,7 +180,8 @@ def main(args) -> int:
     if args.server:
         from .serve.client import transcribe_remote  # the serve component owns the HTTP client side
         return transcribe_remote(args)
-    onnx = (Path(args.model).expanduser() / "encoder.onnx").is_file()
+    from .export.recipe import export_format
+    onnx = export_format(args.model) == "onnx"
     if onnx and (args.format in ("srt", "vtt") or args.beam_size > 1):
         raise SpeechtuneError(f"{args.model}: an ONNX export decodes greedily, without timestamps",
                               "use --format text or json and --beam-size 1, or transcribe with the source model")
@@ -206,7 +207,7 @@ def main(args) -> int:
 
 def load_for_cli(spec: str, device: str | None = None, onnx: bool = False):
     if onnx:  # an ONNX export runs in onnxruntime on the CPU
-        from .export.onnx import OnnxWhisper
-        return OnnxWhisper(spec)
+        from .export import load_runtime
+        return load_runtime(Path(spec).expanduser())
     from .models import load_model
     return load_model(spec, device=device)

@@ -310,13 +310,10 @@ class OnnxWhisper:
         logits, *cache = self.decoder.run(None, {"input_ids": ids[:, cache[0].shape[2] - 1:].astype(np.int64), **feed})
         return logits, cache
 
-    def logits(self, ids: np.ndarray, memory: list[np.ndarray]) -> np.ndarray:
-        return self.step(ids, memory)[0]
-
     def detect_language(self, hidden: list[np.ndarray]) -> list[str]:
         lang_ids = np.array(sorted(self.gen.lang_to_id.values()))
         first = np.full((len(hidden[0]), 1), self.gen.decoder_start_token_id)
-        best = lang_ids[self.logits(first, hidden)[:, lang_ids].argmax(-1)]
+        best = lang_ids[self.step(first, hidden)[0][:, lang_ids].argmax(-1)]
         names = {v: k[2:-2] for k, v in self.gen.lang_to_id.items()}
         return [names[int(i)] for i in best]
 

@@ -90,12 +90,20 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
     return summary
 
 
+def export_format(folder) -> str | None:
+    """"ct2" or "onnx" for an exported folder (what speechtune_export.json says, else what files it holds);
+    None for anything else."""
+    folder = Path(folder).expanduser()
+    meta = folder / "speechtune_export.json"
+    if meta.is_file():
+        return json.loads(meta.read_text())["format"]
+    return "ct2" if (folder / "model.bin").is_file() else "onnx" if (folder / "encoder.onnx").is_file() else None
+
+
 def load_runtime(folder, device: str = "cpu", threads: int = 0):
     """The runtime for an exported folder: CT2Whisper (faster-whisper) or OnnxWhisper (onnxruntime)."""
     folder = Path(folder)
-    meta = folder / "speechtune_export.json"
-    fmt = json.loads(meta.read_text())["format"] if meta.is_file() else (
-        "ct2" if (folder / "model.bin").is_file() else "onnx" if (folder / "encoder.onnx").is_file() else None)
+    fmt = export_format(folder)
     if fmt == "ct2":
         from .ct2 import CT2Whisper
         return CT2Whisper(folder, device=device, threads=threads)

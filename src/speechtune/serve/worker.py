@@ -151,10 +151,10 @@ def ct2_for(spec, quantization: str = "int8") -> Path:
 
 def prepare_model(spec, backend: str = "auto") -> Path:
     """The folder a backend loads: an HF folder for `hf`, else a CT2 folder (converted and cached if needed)."""
+    from ..export.recipe import export_format
     from ..models import resolve_model
     folder = Path(str(spec)).expanduser()
-    meta = folder / "speechtune_export.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("format") == "onnx":
+    if export_format(folder) == "onnx":
         raise SpeechtuneError(f"{folder}: an ONNX export; serve runs CTranslate2 exports or any model spec",
                               "serve the CT2 export (speechtune export --format ct2) or the source model")
     return resolve_model(spec) if backend == "hf" else ct2_for(spec)
