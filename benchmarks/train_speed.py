@@ -12,7 +12,7 @@ each rung as a ratio to (a). With --guard, each final model is also scored on th
 
   python benchmarks/train_speed.py --out /tmp/train_speed [--only c d] [--budget-s 600]
       [--guard ../shared/realspeech/en.jsonl] [--lr c=1e-4 d=1e-3] [--mix general-train.jsonl]
-      [--freeze-encoder-layers 3] [--precision bf16]
+      [--freeze-encoder-layers 3] [--precision bf16] [--seed 1] [--set lora_dropout=0.05 ...]
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import yaml
 
 DRUGS = ["metoprolol", "lisinopril", "atorvastatin", "amlodipine", "omeprazole", "levothyroxine",
          "gabapentin", "hydrochlorothiazide", "montelukast", "escitalopram", "clopidogrel", "pantoprazole",
@@ -67,7 +69,7 @@ def score(model, processor, path, data) -> float:
     return score_corpus(refs, hyps, language="en")["error_rate"]
 
 
-def run_hf_trainer(data: Path, out: Path, target: float, budget: float) -> dict:
+def run_hf_trainer(data: Path, out: Path, target: float, budget: float, seed: int = 0) -> dict:
     """The blog recipe, on CPU: features padded to 30 s, labels from the tokenizer, Seq2SeqTrainer."""
     import torch
     from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback,
@@ -130,7 +132,7 @@ def run_hf_trainer(data: Path, out: Path, target: float, budget: float) -> dict:
     args = Seq2SeqTrainingArguments(
         output_dir=str(out / "a"), per_device_train_batch_size=8, learning_rate=1e-5, warmup_steps=19,
         num_train_epochs=30, weight_decay=0.0, save_strategy="no", eval_strategy="no", logging_steps=10,
-        report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0)
+        report_to=[], use_cpu=True, dataloader_num_workers=0, seed=seed)
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=DS(), data_collator=collate,
                              callbacks=[Timer()])
     trainer.train()
@@ -183,6 +185,9 @@ def main() -> None:
     ap.add_argument("--mix-ratio", type=float, default=0.2)
     ap.add_argument("--freeze-encoder-layers", type=int, default=3, help="bottom encoder layers frozen in (e), (f)")
     ap.add_argument("--precision", default="auto", help="speechtune runs' autocast (train --precision)")
+    ap.add_argument("--seed", type=int, default=0, help="every run's seed (batch order, initialisation)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="OPTION=YAML",
+                    help="any other train option for the speechtune runs, e.g. lora_dropout=0")
     args = ap.parse_args()
     out = Path(args.out)
     data = build_corpus(out / "data")
@@ -192,21 +197,24 @@ def main() -> None:
     frozen = dict(freeze_encoder_layers=args.freeze_encoder_layers)
     extra = {"e": frozen, "f": dict(frozen, lora_encoder=True)}
     lrs = {k: float(v) for k, v in (x.split("=") for x in args.lr)}
+    options = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in args.set)}
     for key in args.only:
         t = time.time()
         if key == "a":
-            r = run_hf_trainer(data, out, args.target, args.budget_s)
+            r = run_hf_trainer(data, out, args.target, args.budget_s, args.seed)
             model_dir = out / "a" / "model"
         else:
             r = run_speechtune(modes[key], data, out / key, args.target,
                                args.budget_s if key == "b" else args.budget_fast_s, lr=lrs.get(key),
                                mix=args.mix, mix_ratio=args.mix_ratio, precision=args.precision,
-                               **extra.get(key, {}))
+                               seed=args.seed, **extra.get(key, {}), **options)
             r["lr"] = lrs.get(key)
+            r["options"] = options
             r["mix"] = args.mix and {"manifest": args.mix, "ratio": args.mix_ratio}
             r["precision"] = args.precision
             r.update(extra.get(key, {}))
             model_dir = out / key
+        r["seed"] = args.seed
         r["wall_s"] = round(time.time() - t, 1)
         r["time_to_target_s"] = time_to(r["evals"], args.target)
         r["final_wer"] = r["evals"][-1]["valid"]
@@ -263,6 +271,8 @@ def report(results: dict, target: float) -> str:
         label = LABELS[key].format(n=r.get("freeze_encoder_layers")) + (f" + mix {r['mix']['ratio']:g}" if r.get("mix") else "")
         if r.get("precision") not in (None, "auto", "no"):
             label += f", {r['precision']}"
+        label += "".join(f", {k}={v}" for k, v in (r.get("options") or {}).items())
+        label += f", seed {r['seed']}" if r.get("seed") else ""
         lines.append(f"| {label} | {r.get('lr') or 'default'} | {r['s_per_step']} | " + " | ".join(cells)
                      + f" | {r['final_wer']:.1%} | {guard} |")
     if "base" in results:

@@ -291,7 +291,7 @@ def test_cli_json_and_table(capsys):
     assert cli_main(["estimate", "--model", "tiny.en", "--mode", "lora", "--batch-size", "4", "--json",
                      "--dataset-hours", "2", "--gpu", "A10", "L4"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["mode"] == "lora" and data["params_trainable"] < data["params_total"] / 50
+    assert data["mode"] == "lora" and data["params_trainable"] == _train_lora_trainable("tiny.en")
     assert [g["gpu"] for g in data["gpus"]] == ["A10", "L4"]
     assert data["memory"]["total"] > data["memory"]["weights"]
     assert data["recommendation"]
@@ -308,3 +308,25 @@ def test_cli_user_mistakes_are_one_line(capsys, tmp_path):
     assert "unknown GPU" in capsys.readouterr().err
     assert cli_main(["estimate", "--model", "tiny", "--price", "A10=cheap"]) == 2
     assert cli_main(["estimate"]) == 2
+
+
+def _train_lora_trainable(spec: str) -> int:
+    """Parameters that `speechtune train --mode lora` (its defaults) would train, on a weightless model."""
+    from speechtune.models import resolve_model
+    from speechtune.train.recipe import TrainConfig, setup_model
+
+    cfg = transformers.WhisperConfig.from_pretrained(resolve_model(spec))
+    with torch.device("meta"):
+        model = transformers.WhisperForConditionalGeneration(cfg)
+    setup_model(TrainConfig(mode="lora"), model)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_cli_defaults_are_train_defaults():
+    """`speechtune estimate --model X` describes the run that `speechtune train --model X` would do."""
+    from speechtune.plan.recipe import EstimateConfig
+    from speechtune.train.recipe import TrainConfig
+
+    e, t = EstimateConfig(), TrainConfig()
+    assert (e.mode, e.lora_r, e.lora_targets, e.lora_dropout, e.lora_encoder) == (
+        t.mode, t.lora_r, t.lora_targets, t.lora_dropout, t.lora_encoder)

@@ -9,26 +9,35 @@ assumed utilisation, which --calibrate replaces with one measured by running rea
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
+from ..train.recipe import TrainConfig
 
 
+def _train_default(name: str):
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+# Mode and LoRA options default to speechtune train's, so that an estimate describes the run train would do.
 @dataclass
 class EstimateConfig:
     model: str | None = field(default=None, metadata={"help": "catalog name (tiny, small, large-v3, "
                                                       "wav2vec2-base, ...) or a model spec/folder"})
-    mode: str = field(default="full", metadata={"choices": ["full", "freeze-encoder", "lora"],
-                                                "help": "what trains"})
-    lora_rank: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                    metadata={"help": "linears that get LoRA adapters, in every attention"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    lora_encoder: bool = field(default=True, metadata={"help": "Whisper: adapters in the encoder too "
-                                                       "(--no-lora-encoder: decoder only, encoder outputs cached)"})
+    mode: str = field(default=_train_default("mode"), metadata={"choices": ["full", "freeze-encoder", "lora"],
+                                                               "help": "what trains"})
+    lora_r: int = field(default=_train_default("lora_r"), metadata={"help": "LoRA rank"})
+    lora_targets: list[str] = field(default_factory=lambda: _train_default("lora_targets"),
+                                    metadata={"help": "linears that get LoRA adapters"})
+    lora_dropout: float = field(default=_train_default("lora_dropout"), metadata={"help": "LoRA dropout"})
+    lora_encoder: bool = field(default=_train_default("lora_encoder"),
+                               metadata={"help": "Whisper: adapters in the encoder too (otherwise decoder only, "
+                                                 "encoder outputs cached)"})
     batch_size: int = field(default=8, metadata={"help": "clips per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     precision: str = field(default="bf16", metadata={"choices": ["fp32", "bf16", "fp16"],
@@ -79,7 +88,7 @@ def run(cfg: EstimateConfig):
     if cfg.utilisation is not None and not 0 < cfg.utilisation <= 1:
         raise SpeechtuneError("--utilisation must be in (0, 1]")
     common = dict(grad_accum=cfg.grad_accum, precision=cfg.precision, optimizer=cfg.optimizer,
-                  grad_checkpointing=cfg.grad_checkpointing, lora_rank=cfg.lora_rank,
+                  grad_checkpointing=cfg.grad_checkpointing, lora_rank=cfg.lora_r,
                   lora_targets=tuple(cfg.lora_targets), lora_dropout=cfg.lora_dropout, lora_encoder=cfg.lora_encoder,
                   audio_seconds=cfg.audio_seconds, label_tokens=cfg.label_tokens)
     cal = None
