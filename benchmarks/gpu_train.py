@@ -56,17 +56,12 @@ def random_model(size: str, out: Path, seed: int = 0) -> Path:
 
 def corpus(d: Path, clips: int) -> Path:
     from speechtune.manifest import write_jsonl
-    from speechtune.synth import synth_corpus
+    from train_speed import synth_split  # benchmarks/ is on sys.path when this script runs
 
     if (d / "valid.jsonl").is_file():
         return d
     sents = [SENTENCES[i % len(SENTENCES)].format(WORDS[i // len(SENTENCES) % len(WORDS)]) for i in range(clips)]
-    m = synth_corpus(sents, d / "train", seed=0)
-    rows = [json.loads(line) for line in m.read_text().splitlines()]
-    for r in rows:
-        r["audio"] = f"train/{r['audio']}"
-        r["language"] = "en"
-    write_jsonl(d / "train.jsonl", rows)
+    rows = synth_split(sents, d, "train", seed=0)
     write_jsonl(d / "valid.jsonl", rows[:2])
     return d
 

@@ -33,19 +33,26 @@ TRAIN = ["the patient takes {a} every morning", "please renew the {a} prescripti
 HELD = ["switch from {a} to {b} tomorrow", "do not combine {a} with {b}", "she takes {a} and {b} at night"]
 
 
-def build_corpus(d: Path) -> Path:
+def synth_split(sents: list[str], d: Path, name: str, seed: int) -> list[dict]:
+    """Synthesize `sents` into d/name/ and write d/name.jsonl, audio paths relative to d: a split of a prepared
+    folder (espeak-ng already writes 16 kHz mono)."""
     from speechtune.manifest import write_jsonl
     from speechtune.synth import synth_corpus
 
+    m = synth_corpus(sents, d / name, seed=seed)
+    rows = [json.loads(line) for line in m.read_text().splitlines()]
+    for r in rows:
+        r["audio"] = f"{name}/{r['audio']}"
+    write_jsonl(d / f"{name}.jsonl", rows)
+    return rows
+
+
+def build_corpus(d: Path) -> Path:
     if (d / "valid.jsonl").is_file():
         return d
     held = [HELD[i % 3].format(a=DRUGS[i % 15], b=DRUGS[(i * 7 + 3) % 15]) for i in range(30)]
-    for name, sents, seed in [("train", [t.format(a=x) for x in DRUGS for t in TRAIN], 1), ("valid", held, 2)]:
-        m = synth_corpus(sents, d / name, seed=seed)
-        rows = [json.loads(l) for l in m.read_text().splitlines()]
-        for r in rows:
-            r["audio"] = f"{name}/{r['audio']}"
-        write_jsonl(d / f"{name}.jsonl", rows)
+    synth_split([t.format(a=x) for x in DRUGS for t in TRAIN], d, "train", seed=1)
+    synth_split(held, d, "valid", seed=2)
     return d
 
 
