@@ -151,8 +151,9 @@ def run_hf_trainer(data: Path, out: Path, target: float, budget: float, seed: in
 def run_speechtune(mode: str, data: Path, run_dir: Path, target: float, budget: float, **kw) -> dict:
     from speechtune.train.recipe import TrainConfig, train
 
-    cfg = TrainConfig(model="tiny.en", data=str(data), out=str(run_dir), mode=mode, epochs=30, warmup_ratio=1 / 30,
-                      stop_at=target, overwrite=True, tensorboard=False, **kw)
+    # kw (from --set among others) may override the schedule too, e.g. epochs=4
+    cfg = TrainConfig(**{**dict(model="tiny.en", epochs=30, warmup_ratio=1 / 30, stop_at=target, tensorboard=False),
+                         **kw, "data": str(data), "out": str(run_dir), "mode": mode, "overwrite": True})
     # Budget: the loop's per-step hook stops the run once its training time passes the budget.
     from speechtune.train import loop
     t0 = time.time()
@@ -210,18 +211,18 @@ def main() -> None:
         if key == "a":
             r = run_hf_trainer(data, out, args.target, args.budget_s, args.seed)
             model_dir = out / "a" / "model"
+            r["seed"] = args.seed
         else:
+            # --set comes last: it overrides the options that have flags of their own
+            kw = {"lr": lrs.get(key), "mix": args.mix, "mix_ratio": args.mix_ratio, "precision": args.precision,
+                  "seed": args.seed, **extra.get(key, {}), **options}
             r = run_speechtune(modes[key], data, out / key, args.target,
-                               args.budget_s if key == "b" else args.budget_fast_s, lr=lrs.get(key),
-                               mix=args.mix, mix_ratio=args.mix_ratio, precision=args.precision,
-                               seed=args.seed, **extra.get(key, {}), **options)
-            r["lr"] = lrs.get(key)
+                               args.budget_s if key == "b" else args.budget_fast_s, **kw)
+            r["lr"], r["precision"], r["seed"] = kw["lr"], kw["precision"], kw["seed"]
             r["options"] = options
-            r["mix"] = args.mix and {"manifest": args.mix, "ratio": args.mix_ratio}
-            r["precision"] = args.precision
+            r["mix"] = kw["mix"] and {"manifest": kw["mix"], "ratio": kw["mix_ratio"]}
             r.update(extra.get(key, {}))
             model_dir = out / key
-        r["seed"] = args.seed
         r["wall_s"] = round(time.time() - t, 1)
         r["time_to_target_s"] = time_to(r["evals"], args.target)
         r["final_wer"] = r["evals"][-1]["valid"]
@@ -279,7 +280,7 @@ def report(results: dict, target: float) -> str:
         if r.get("precision") not in (None, "auto", "no"):
             label += f", {r['precision']}"
         label += "".join(f", {k}={v}" for k, v in (r.get("options") or {}).items())
-        label += f", seed {r['seed']}" if r.get("seed") else ""
+        label += f", seed {r['seed']}" if r.get("seed") and "seed" not in (r.get("options") or {}) else ""
         lines.append(f"| {label} | {r.get('lr') or 'default'} | {r['s_per_step']} | " + " | ".join(cells)
                      + f" | {r['final_wer']:.1%} | {guard} |")
     if "base" in results:
