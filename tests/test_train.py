@@ -293,10 +293,10 @@ def test_training_top_encoder_layers_on_cached_states_matches_uncached(tiny_whis
         assert np.array_equal(cached[k], base[k]) == frozen, k
 
 
-def test_bf16_reaches_the_cached_encoder_layers(tiny_whisper_dir, prepared, tmp_path, monkeypatch):
+def test_bf16_reaches_the_cached_encoder_layers(tiny_whisper_dir, prepared, tmp_path, monkeypatch, capsys):
     import torch
 
-    from speechtune.train import encoder_cache
+    from speechtune.train import encoder_cache, recipe
     from speechtune.train.recipe import train
 
     # The cached bottom and the trainable top run outside the model's forward; --precision must reach them.
@@ -307,12 +307,17 @@ def test_bf16_reaches_the_cached_encoder_layers(tiny_whisper_dir, prepared, tmp_
         seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
         return real_top(encoder, hidden, depth)
     monkeypatch.setattr(encoder_cache, "encode_top", spy)
-    # an fp32 run first: one process may train several times with different precisions
-    train(_cfg(tiny_whisper_dir, prepared, tmp_path / "fp32", mode="lora", precision="no", max_steps=1,
-               eval_every=1), progress=False)
+    # an fp32 run first: one process may train several times with different precisions. "auto" stays fp32 on
+    # a CPU, and says so where the CPU could do bf16.
+    monkeypatch.setattr(recipe, "_cpu_has_bf16", lambda: True)
+    fp32 = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "fp32", mode="lora", max_steps=1, eval_every=1),
+                 progress=False)
+    assert json.loads((fp32 / "training_summary.json").read_text())["precision"] == "no"
+    assert "--precision bf16 trains about 1.5x faster" in capsys.readouterr().err
     seen.clear()
     out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "out", mode="full", freeze_encoder_layers=1,
                      precision="bf16", max_steps=2, eval_every=2), progress=False)
+    assert "1.5x faster" not in capsys.readouterr().err
     assert seen and set(seen) == {torch.bfloat16}
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["precision"] == "bf16" and summary["steps"] == 2

@@ -121,6 +121,8 @@ def _modules(model, untie: bool = False):
     import torch
     import torch.nn.functional as F
 
+    from ..models.whisper import encoder_stem
+
     decoder, proj_out = model.model.decoder, model.proj_out
 
     def heads(attn, x):  # [B, T, D] -> [B, H, T, Dh]
@@ -136,7 +138,7 @@ def _modules(model, untie: bool = False):
 
         def forward(self, input_features):
             e, attention = self.encoder, _attention()
-            h = F.gelu(e.conv2(F.gelu(e.conv1(input_features)))).transpose(1, 2) + e.embed_positions.weight
+            h = encoder_stem(e, input_features)
             for layer in e.layers:  # transformers' WhisperEncoderLayer in eval mode, the attention one op
                 a, x = layer.self_attn, layer.self_attn_layer_norm(h)
                 h = h + a.out_proj(attention(a.q_proj(x), a.k_proj(x), a.v_proj(x), a.num_heads))

@@ -133,6 +133,16 @@ def prefix_ids(generation_config, language: str | None = None, task: str = "tran
     return ids
 
 
+def encoder_stem(encoder, features):
+    """transformers' WhisperEncoder up to its first layer: two GELU convolutions and the position embeddings,
+    [B, mels, 3000] -> [B, 1500, d_model]. For code that runs the encoder's layers itself (the training cache
+    of a frozen bottom, the ONNX graph); tests compare both with the HF encoder."""
+    import torch.nn.functional as F
+
+    hidden = F.gelu(encoder.conv2(F.gelu(encoder.conv1(features)))).transpose(1, 2)
+    return hidden + encoder.embed_positions.weight
+
+
 def speed_up_token_suppression() -> None:
     """Whisper decoding suppresses ~90 token ids at every step. transformers builds that mask with
     `torch.isin(arange(vocab), ids)` each step, which on CPU builds of torch costs 8 ms single-threaded and

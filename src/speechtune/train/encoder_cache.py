@@ -34,13 +34,12 @@ def frozen_depth(encoder) -> int | None:
 
 def encode_bottom(encoder, features, depth: int):
     """Hidden states after the conv stem and `depth` layers; the whole encoder's output when depth is all of it.
-    The stem follows transformers' WhisperEncoder.forward (tests compare against its hidden_states)."""
-    import torch.nn.functional as F
+    Tests compare against the HF encoder's hidden_states."""
+    from ..models.whisper import encoder_stem
 
     if depth == len(encoder.layers):
         return encoder(features).last_hidden_state
-    hidden = F.gelu(encoder.conv2(F.gelu(encoder.conv1(features)))).permute(0, 2, 1)
-    hidden = hidden + encoder.embed_positions.weight
+    hidden = encoder_stem(encoder, features)
     for layer in encoder.layers[:depth]:
         hidden = layer(hidden, None)
     return hidden
