@@ -10,9 +10,9 @@ until the first evaluation at or under the target. Runs that hit --budget-s stop
 they reached; the report then compares the runs on a ladder (seconds to <= 50/30/20/10/5% and the target),
 each rung as a ratio to (a). With --guard, each final model is also scored on that general-speech manifest.
 
-  python benchmarks/train_speed.py --out /tmp/train_speed [--only c d] [--budget-s 600]
+  python benchmarks/train_speed.py --out /tmp/train_speed [--only c d] [--budget-s 600] [--held-out sentences]
       [--guard ../shared/realspeech/en.jsonl] [--lr c=1e-4 d=1e-3] [--mix general-train.jsonl]
-      [--freeze-encoder-layers 3] [--precision bf16] [--seed 1] [--set lora_dropout=0.05 ...]
+      [--freeze-encoder-layers 3] [--precision bf16] [--a-precision bf16] [--seed 1] [--set lora_dropout=0.05 ...]
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ TRAIN = ["the patient takes {a} every morning", "please renew the {a} prescripti
          "the pharmacy is out of {a}", "double the {a} from today", "{a} twice a day with food",
          "write down {a} in the chart"]
 HELD = ["switch from {a} to {b} tomorrow", "do not combine {a} with {b}", "she takes {a} and {b} at night"]
+MORE = ["the doctor prescribed {a} for her", "how much {a} did you take"]  # only in --held-out sentences
 
 
 def synth_split(sents: list[str], d: Path, name: str, seed: int) -> list[dict]:
@@ -47,11 +48,23 @@ def synth_split(sents: list[str], d: Path, name: str, seed: int) -> list[dict]:
     return rows
 
 
-def build_corpus(d: Path) -> Path:
+def build_corpus(d: Path, held_out: str = "templates") -> Path:
+    """150 training clips and 30 held-out ones. held_out="templates": the held-out sentences come from 3
+    templates that training never hears, with two drugs each, so everyday words of those templates are new
+    too. "sentences": 12 one-drug templates x 15 drugs, of which 30 drug-template pairs (2 per drug) are held
+    out, so every held-out sentence is new but every word in it was heard in training."""
     if (d / "valid.jsonl").is_file():
         return d
-    held = [HELD[i % 3].format(a=DRUGS[i % 15], b=DRUGS[(i * 7 + 3) % 15]) for i in range(30)]
-    synth_split([t.format(a=x) for x in DRUGS for t in TRAIN], d, "train", seed=1)
+    if held_out == "templates":
+        train = [t.format(a=x) for x in DRUGS for t in TRAIN]
+        held = [HELD[i % 3].format(a=DRUGS[i % 15], b=DRUGS[(i * 7 + 3) % 15]) for i in range(30)]
+    else:
+        templates = TRAIN + MORE
+        out = {(i, i % 12) for i in range(15)} | {(i, (i + 6) % 12) for i in range(15)}
+        pairs = [(i, j) for i in range(15) for j in range(12)]
+        train = [templates[j].format(a=DRUGS[i]) for i, j in pairs if (i, j) not in out]
+        held = [templates[j].format(a=DRUGS[i]) for i, j in pairs if (i, j) in out]
+    synth_split(train, d, "train", seed=1)
     synth_split(held, d, "valid", seed=2)
     return d
 
@@ -76,8 +89,9 @@ def score(model, processor, path, data) -> float:
     return score_corpus(refs, hyps, language="en")["error_rate"]
 
 
-def run_hf_trainer(data: Path, out: Path, target: float, budget: float, seed: int = 0) -> dict:
-    """The blog recipe, on CPU: features padded to 30 s, labels from the tokenizer, Seq2SeqTrainer."""
+def run_hf_trainer(data: Path, out: Path, target: float, budget: float, seed: int = 0, bf16: bool = False) -> dict:
+    """The blog recipe, on CPU: features padded to 30 s, labels from the tokenizer, Seq2SeqTrainer (the blog's
+    fp16 is for GPUs; bf16=True is the Trainer's CPU autocast)."""
     import torch
     from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback,
                               WhisperForConditionalGeneration, WhisperProcessor)
@@ -139,7 +153,7 @@ def run_hf_trainer(data: Path, out: Path, target: float, budget: float, seed: in
     args = Seq2SeqTrainingArguments(
         output_dir=str(out / "a"), per_device_train_batch_size=8, learning_rate=1e-5, warmup_steps=19,
         num_train_epochs=30, weight_decay=0.0, save_strategy="no", eval_strategy="no", logging_steps=10,
-        report_to=[], use_cpu=True, dataloader_num_workers=0, seed=seed)
+        report_to=[], use_cpu=True, dataloader_num_workers=0, seed=seed, bf16=bf16)
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=DS(), data_collator=collate,
                              callbacks=[Timer()])
     trainer.train()
@@ -182,6 +196,9 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/train_speed")
     ap.add_argument("--only", nargs="+", default=["c", "d", "b", "a"])
     ap.add_argument("--target", type=float, default=0.02)
+    ap.add_argument("--held-out", choices=["templates", "sentences"], default="templates",
+                    help="what the held-out clips hold that training does not: 3 other sentence templates "
+                         "(new everyday words too), or new drug-template pairs (new sentences, known words)")
     ap.add_argument("--budget-s", type=float, default=600, help="training-time cap for (a) and (b)")
     ap.add_argument("--budget-fast-s", type=float, default=900, help="training-time cap for (c) and (d)")
     ap.add_argument("--guard", help="general-speech manifest scored on each final model")
@@ -193,12 +210,13 @@ def main() -> None:
     ap.add_argument("--mix-ratio", type=float, default=0.2)
     ap.add_argument("--freeze-encoder-layers", type=int, default=3, help="bottom encoder layers frozen in (e), (f)")
     ap.add_argument("--precision", default="auto", help="speechtune runs' autocast (train --precision)")
+    ap.add_argument("--a-precision", choices=["no", "bf16"], default="no", help="(a)'s autocast (Trainer bf16=True)")
     ap.add_argument("--seed", type=int, default=0, help="every run's seed (batch order, initialisation)")
     ap.add_argument("--set", nargs="+", default=[], metavar="OPTION=YAML",
                     help="any other train option for the speechtune runs, e.g. lora_dropout=0")
     args = ap.parse_args()
     out = Path(args.out)
-    data = build_corpus(out / "data")
+    data = build_corpus(out / ("data" if args.held_out == "templates" else f"data-{args.held_out}"), args.held_out)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     modes = {"b": "full", "c": "freeze-encoder", "d": "lora", "e": "full", "f": "lora"}
@@ -209,9 +227,9 @@ def main() -> None:
     for key in args.only:
         t = time.time()
         if key == "a":
-            r = run_hf_trainer(data, out, args.target, args.budget_s, args.seed)
+            r = run_hf_trainer(data, out, args.target, args.budget_s, args.seed, args.a_precision == "bf16")
             model_dir = out / "a" / "model"
-            r["seed"] = args.seed
+            r["seed"], r["precision"] = args.seed, args.a_precision
         else:
             # --set comes last: it overrides the options that have flags of their own
             kw = {"lr": lrs.get(key), "mix": args.mix, "mix_ratio": args.mix_ratio, "precision": args.precision,
