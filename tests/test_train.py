@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -223,9 +224,14 @@ def test_lora_merged_model_equals_adapter_on_base(tiny_whisper_dir, prepared, tm
 
     from speechtune.train.recipe import train
 
-    out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "out", mode="lora", lora_encoder=True, max_steps=3,
-                     lr=1e-2, eval_every=3), progress=False)
+    # with activation checkpointing on while training: it must be off, without deprecation noise, in the output
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "out", mode="lora", lora_encoder=True,
+                         max_steps=3, lr=1e-2, eval_every=3, gradient_checkpointing=True), progress=False)
+    assert not [w for w in caught if "checkpointing" in str(w.message)]
     merged = WhisperForConditionalGeneration.from_pretrained(out).eval()
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in merged.modules()) and merged.config.use_cache
     base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
     adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
     torch.manual_seed(0)

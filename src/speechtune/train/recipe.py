@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,7 +179,9 @@ def setup_model(cfg: TrainConfig, model):
             r".*decoder\.layers\.\d+\.(.*\.)?(" + "|".join(map(re.escape, cfg.lora_targets)) + ")")
         lconf = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                            target_modules=targets, bias="none")
-        peft_model = get_peft_model(model, lconf)  # injects adapters into `model` in place, freezes the rest
+        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            peft_model = get_peft_model(model, lconf)  # injects adapters into `model` in place, freezes the rest
     elif cfg.mode == "freeze-encoder":
         model.get_encoder().requires_grad_(False)
     encoder = model.get_encoder()
@@ -197,7 +200,9 @@ def setup_model(cfg: TrainConfig, model):
         model.config.mask_feature_prob = cfg.mask_feature_prob
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.x renamed gradient_checkpointing_* to activation_checkpointing_*
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     if not any(p.requires_grad for p in model.parameters()):
         raise SpeechtuneError("nothing left to train with these freeze options")
     return peft_model
@@ -358,7 +363,7 @@ def _export(hf_model, peft_model, whisper, out: Path) -> None:
         peft_model.save_pretrained(str(tmp / "adapter"))
         _fix_adapter_base(tmp / "adapter", whisper.path)
         model = peft_model.merge_and_unload()
-    model.gradient_checkpointing_disable()
+    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model.config.use_cache = True
     model.config.apply_spec_augment = False
     model.save_pretrained(str(tmp))
