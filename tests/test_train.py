@@ -126,6 +126,19 @@ def test_multilingual_language_from_manifest_or_flag(tiny_multilingual_dir, prep
     assert summary["eval_on"] == "train-slice"  # no valid.jsonl here
 
 
+def test_guard_without_language_is_scored_by_its_script(tiny_multilingual_dir, prepared, tmp_path):
+    from speechtune.train.recipe import train
+
+    # like ../shared/realspeech/zh.jsonl: general speech whose lines carry no language field
+    rows = [json.loads(l) for l in (prepared / "train.jsonl").read_text().splitlines()][:2]
+    guard = tmp_path / "guard.jsonl"
+    _write_manifest(guard, [{"audio": str(prepared / r["audio"]), "text": "广州市房地产中介协会分析"} for r in rows])
+    out = train(_cfg(tiny_multilingual_dir, prepared, tmp_path / "out", max_steps=1, eval_every=1,
+                     guard=str(guard)), progress=False)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert (summary["metric"], summary["guard_metric"]) == ("wer", "cer")
+
+
 def _weights(out: Path) -> dict:
     from safetensors.numpy import load_file
     return load_file(str(out / "model.safetensors"))

@@ -234,10 +234,13 @@ def _mix_rows(cfg: TrainConfig, n_train: int, guard_rows: list[dict]) -> list[di
 
 
 def _eval_set(rows: list[dict], language) -> dict:
+    from ..metrics.normalize import guess_language
     from .data import read_wav
     # transcribe_batch bounds decoding by the audio length, so a looping (or random) model cannot stall evals.
+    # A guard manifest often has no language field: as in `evaluate`, its script decides (Han text gets CER and
+    # a <|zh|> prompt, not WER on one "word" a sentence).
     return {"wavs": [read_wav(r) for r in rows], "refs": [r["text"] for r in rows],
-            "languages": [r.get("language") or language for r in rows]}
+            "languages": [r.get("language") or language or guess_language(r["text"]) for r in rows]}
 
 
 def _plan_summary(cfg: TrainConfig, n_clips: int) -> None:
@@ -409,6 +412,7 @@ def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name
         "model": cfg.model, "mode": cfg.mode, "config": dataclasses.asdict(cfg), "clips": clips,
         "steps": state["step"], "epochs_started": state["epoch"] + (1 if state["group"] else 0),
         "best_step": chosen, "eval_on": eval_name, "metric": base["metric"] if base else None,
+        "guard_metric": base.get("guard_metric") if base else None,
         "base": {k: base.get(k) for k in ("valid", "guard")} if base else None,
         "best": {k: best.get(k) for k in ("valid", "guard")} if best else None,
         "guard_ok": None if not cfg.guard else state["best"] is not None, "guard_note": guard_note,
@@ -427,7 +431,8 @@ def _final_message(s: dict, out: Path) -> str:
         m = (s["metric"] or "wer").upper()
         lines.append(f"valid {m}: base {s['base']['valid']:.2%} -> {s['best']['valid']:.2%} (step {s['best_step']})")
         if s["base"].get("guard") is not None:
-            lines.append(f"guard: base {s['base']['guard']:.2%} -> {s['best']['guard']:.2%}")
+            g = (s.get("guard_metric") or "wer").upper()
+            lines.append(f"guard {g}: base {s['base']['guard']:.2%} -> {s['best']['guard']:.2%}")
     if s["guard_note"]:
         lines.append("warning: " + s["guard_note"])
     if s["stopped"]:
