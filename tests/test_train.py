@@ -354,6 +354,14 @@ def test_guard_threshold_picks_the_checkpoint(monkeypatch):
         state["evals"].append(rec)
         _select(state, rec, C)
     assert state["best"] == 30 and state["best_any"] == 20 and state["bad_evals"] == 0
+    # a checkpoint worse than the base on the domain is never "best", even with its guard intact
+    state = {"evals": [{"step": 0, "valid": 0.68, "guard": 0.146, "guard_ok": True}], "best": None,
+             "best_any": None, "bad_evals": 0}
+    for step, valid, guard in [(10, 4.0, 0.123), (20, 0.18, 0.166)]:
+        rec = {"step": step, "valid": valid, "guard": guard, "guard_ok": guard <= 0.146 + 0.01}
+        state["evals"].append(rec)
+        _select(state, rec, C)
+    assert state["best"] is None and state["best_any"] == 20
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "empty_train", "bad_yaml_key", "out_is_file", "bad_target",

@@ -404,8 +404,9 @@ def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name
         # mixing in general speech was the one anchor that held the guard in benchmarks/forgetting.py
         fix = ("raise --mix-ratio or lower --lr" if cfg.mix
                else "add --mix with other general speech (not the guard clips) or lower --lr")
-        guard_note = (f"no checkpoint kept the guard within {cfg.guard_threshold} pt of the base model; "
-                      f"kept the best valid score (step {chosen}) anyway: {fix}")
+        guard_note = (f"no checkpoint improved on the base model's valid score while keeping the guard within "
+                      f"{cfg.guard_threshold} pt of the base model's; kept the best valid score (step {chosen}) "
+                      f"anyway: {fix}")
     return {
         "data": str(data), "data_hash": data_hash(data / "train.jsonl", data / "valid.jsonl",
                                                   *([Path(cfg.mix)] if cfg.mix else [])),
