@@ -361,7 +361,8 @@ def test_guard_threshold_picks_the_checkpoint(monkeypatch):
         rec = {"step": step, "valid": valid, "guard": guard, "guard_ok": guard <= 0.146 + 0.01}
         state["evals"].append(rec)
         _select(state, rec, C)
-    assert state["best"] is None and state["best_any"] == 20
+    # ...while --patience still counts from the lowest guard-keeping eval, as before
+    assert state["best"] is None and state["best_any"] == 20 and state["bad_evals"] == 1
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "empty_train", "bad_yaml_key", "out_is_file", "bad_target",

@@ -215,12 +215,12 @@ def _select(state: dict, rec: dict, cfg) -> None:
     by_step = {e["step"]: e for e in state["evals"]}
     if state["best_any"] is None or rec["valid"] < by_step[state["best_any"]]["valid"]:
         state["best_any"] = rec["step"]
-    improves = rec["valid"] < state["evals"][0]["valid"]
-    if rec["guard_ok"] and improves and (state["best"] is None or rec["valid"] < by_step[state["best"]]["valid"]):
+    base = state["evals"][0]["valid"]
+    if rec["guard_ok"] and rec["valid"] < base and (state["best"] is None or rec["valid"] < by_step[state["best"]]["valid"]):
         state["best"] = rec["step"]
-        state["bad_evals"] = 0
-    else:
-        state["bad_evals"] += 1
+    # --patience counts evals without a new low among the guard-keeping ones, whether or not they beat the base
+    earlier = [e["valid"] for e in state["evals"][1:] if e is not rec and e["guard_ok"]]
+    state["bad_evals"] = 0 if rec["guard_ok"] and all(rec["valid"] < v for v in earlier) else state["bad_evals"] + 1
 
 
 def _fmt(rec: dict) -> str:
