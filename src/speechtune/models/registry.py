@@ -222,3 +222,23 @@ def load_model(spec: str | os.PathLike, device: str | None = None, dtype=None) -
         raise SpeechtuneError(f"{folder}: cannot load as a Whisper model ({str(e)[:300]})") from None
     model.to(device).eval()
     return Whisper(model, processor, folder, bool(getattr(model.generation_config, "is_multilingual", False)))
+
+
+def set_checkpointing(model, on: bool, kwargs: dict | None = None) -> None:
+    """Activation (gradient) checkpointing on or off. transformers 5.x renamed gradient_checkpointing_* to
+    activation_checkpointing_* and the old names warn; releases before the rename have only the old ones."""
+    verb = "enable" if on else "disable"
+    toggle = (getattr(model, f"activation_checkpointing_{verb}", None)
+              or getattr(model, f"gradient_checkpointing_{verb}"))
+    toggle(*([kwargs] if on and kwargs else []))
+
+
+def add_lora(model, config):
+    """peft.get_peft_model, without the FutureWarning transformers 5.x raises when peft reads its deprecated
+    is_gradient_checkpointing: not the user's doing."""
+    import warnings
+
+    from peft import get_peft_model
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        return get_peft_model(model, config)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -929,6 +928,8 @@ def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = 
     import copy
     import torch
     import transformers
+
+    from ..models.registry import add_lora, set_checkpointing
     config = copy.deepcopy(info.config)
     if info.family == "whisper":
         config.max_source_positions = max(1, round(config.max_source_positions * s.audio_seconds / 30.0))
@@ -952,14 +953,12 @@ def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = 
         # also for LoRA: otherwise wav2vec2 marks the CNN input as requiring grad and records it all
         model.freeze_feature_encoder()
     if s.grad_checkpointing:
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        set_checkpointing(model, True)
     if s.mode == "lora":
         import peft
         targets = sorted({n for n, _, _ in lora_sites(info, s)})
-        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-            model = peft.get_peft_model(model, peft.LoraConfig(r=s.lora_rank, lora_alpha=2 * s.lora_rank,
-                                                               lora_dropout=s.lora_dropout, target_modules=targets))
+        model = add_lora(model, peft.LoraConfig(r=s.lora_rank, lora_alpha=2 * s.lora_rank,
+                                                lora_dropout=s.lora_dropout, target_modules=targets))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     B = s.batch_size

@@ -215,8 +215,8 @@ def _select(state: dict, rec: dict, cfg) -> None:
     by_step = {e["step"]: e for e in state["evals"]}
     if state["best_any"] is None or rec["valid"] < by_step[state["best_any"]]["valid"]:
         state["best_any"] = rec["step"]
-    base = state["evals"][0]["valid"]
-    if rec["guard_ok"] and rec["valid"] < base and (state["best"] is None or rec["valid"] < by_step[state["best"]]["valid"]):
+    beats_best = state["best"] is None or rec["valid"] < by_step[state["best"]]["valid"]
+    if rec["guard_ok"] and rec["valid"] < state["evals"][0]["valid"] and beats_best:
         state["best"] = rec["step"]
     # --patience counts evals without a new low among the guard-keeping ones, whether or not they beat the base
     earlier = [e["valid"] for e in state["evals"][1:] if e is not rec and e["guard_ok"]]

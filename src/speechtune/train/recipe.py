@@ -18,7 +18,6 @@ import re
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +159,8 @@ def setup_model(cfg: TrainConfig, model):
     """Set what trains. Returns the peft wrapper (or None)."""
     import torch
 
+    from ..models.registry import add_lora, set_checkpointing
+
     for name, n, what in (("freeze_encoder_layers", len(model.get_encoder().layers), "encoder layers to freeze"),
                           ("train_decoder_layers", len(model.get_decoder().layers), "top decoder layers to train")):
         if not 0 <= getattr(cfg, name) <= n:
@@ -168,7 +169,7 @@ def setup_model(cfg: TrainConfig, model):
     peft_model = None
     model.requires_grad_(True)
     if cfg.mode == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
         names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         bad = [t for t in cfg.lora_targets if t not in names]
         if bad:
@@ -179,9 +180,7 @@ def setup_model(cfg: TrainConfig, model):
             r".*decoder\.layers\.\d+\.(.*\.)?(" + "|".join(map(re.escape, cfg.lora_targets)) + ")")
         lconf = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                            target_modules=targets, bias="none")
-        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-            peft_model = get_peft_model(model, lconf)  # injects adapters into `model` in place, freezes the rest
+        peft_model = add_lora(model, lconf)  # injects adapters into `model` in place, freezes the rest
     elif cfg.mode == "freeze-encoder":
         model.get_encoder().requires_grad_(False)
     encoder = model.get_encoder()
@@ -200,9 +199,7 @@ def setup_model(cfg: TrainConfig, model):
         model.config.mask_feature_prob = cfg.mask_feature_prob
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
-        # transformers 5.x renamed gradient_checkpointing_* to activation_checkpointing_*
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+        set_checkpointing(model, True, {"use_reentrant": False})
     if not any(p.requires_grad for p in model.parameters()):
         raise SpeechtuneError("nothing left to train with these freeze options")
     return peft_model
@@ -233,14 +230,14 @@ def _mix_rows(cfg: TrainConfig, n_train: int, guard_rows: list[dict]) -> list[di
     return random.Random(cfg.seed).sample(rows, min(len(rows), round(cfg.mix_ratio * n_train)))
 
 
-def _eval_set(rows: list[dict], language) -> dict:
-    from ..metrics.normalize import guess_language
+def _eval_set(rows: list[dict], language, multilingual: bool) -> dict:
+    from ..evaluate import score_language
     from .data import read_wav
     # transcribe_batch bounds decoding by the audio length, so a looping (or random) model cannot stall evals.
-    # A guard manifest often has no language field: as in `evaluate`, its script decides (Han text gets CER and
-    # a <|zh|> prompt, not WER on one "word" a sentence).
+    # A guard manifest often has no language field: evaluate's rule then lets its script decide (Han text gets
+    # CER and a <|zh|> prompt, not WER on one "word" a sentence).
     return {"wavs": [read_wav(r) for r in rows], "refs": [r["text"] for r in rows],
-            "languages": [r.get("language") or language or guess_language(r["text"]) for r in rows]}
+            "languages": score_language(rows, language, multilingual)}
 
 
 def _plan_summary(cfg: TrainConfig, n_clips: int) -> None:
@@ -312,9 +309,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if eval_name != "valid":
         accelerator.print("warning: valid.jsonl is empty; evaluating on a slice of train (memorisation, "
                           "not generalisation)")
-    evals = {"valid": _eval_set(rows, cfg.language)}
+    evals = {"valid": _eval_set(rows, cfg.language, whisper.multilingual)}
     if guard_rows:
-        evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language)
+        evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language, whisper.multilingual)
     augment = cfg.speed_perturb or cfg.noise_snr is not None or cfg.spec_augment
     depth = None if augment else frozen_depth(hf_model.get_encoder())
     cache = None if depth is None else EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb, depth,
@@ -358,6 +355,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 def _export(hf_model, peft_model, whisper, out: Path) -> None:
     """Write the HF folder into a temporary folder, then move each file into place (each move atomic;
     training_summary.json, written after, marks a complete folder)."""
+    from ..models.registry import set_checkpointing
+
     tmp = out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -366,7 +365,7 @@ def _export(hf_model, peft_model, whisper, out: Path) -> None:
         peft_model.save_pretrained(str(tmp / "adapter"))
         _fix_adapter_base(tmp / "adapter", whisper.path)
         model = peft_model.merge_and_unload()
-    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    set_checkpointing(model, False)
     model.config.use_cache = True
     model.config.apply_spec_augment = False
     model.save_pretrained(str(tmp))
