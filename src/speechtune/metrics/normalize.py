@@ -1,27 +1,43 @@
 """Text normalisers applied to both reference and hypothesis before scoring.
 
 English uses Whisper's normaliser (numbers to digits, British -> American spelling, fillers, punctuation),
-taken from transformers with the spelling table from openai/whisper. Chinese folds traditional characters
-to simplified (OpenCC), full-width forms to half-width, and drops punctuation and spaces, so a model is not
-charged for writing 臺灣 for 台湾 or a full stop the reference lacks. Every other language gets a basic
+taken from transformers with openai/whisper's spelling table as shipped in whisper-normalizer. Chinese folds
+traditional characters to simplified (OpenCC), full-width forms to half-width, and drops punctuation and
+spaces, so a model is not charged for writing 臺灣 for 台湾 or a full stop the reference lacks. Every other language gets a basic
 normaliser: lower case, bracketed notes removed, punctuation and symbols to spaces.
 """
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from functools import lru_cache
+
+from ..errors import SpeechtuneError
 
 # Scripts written without spaces between words: scored per character (CER), spaces ignored.
 CER_LANGUAGES = frozenset({"zh", "yue", "ja", "ko", "th", "lo", "my", "km", "bo"})
 
 
 @lru_cache(maxsize=1)
+def _english_spellings() -> dict[str, str]:
+    """Whisper's english.json (British -> American), as shipped in the whisper-normalizer package."""
+    from importlib.resources import files
+
+    try:
+        return json.loads(files("whisper_normalizer").joinpath("normalizers/english.json").read_text("utf-8"))
+    except (ImportError, OSError, ValueError) as e:
+        raise SpeechtuneError(
+            f"cannot load the English spelling table from whisper-normalizer: {e}",
+            hint="pip install 'whisper-normalizer>=0.1'",
+        ) from e
+
+
+@lru_cache(maxsize=1)
 def _english():
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    from ._english_spelling import SPELLINGS
-    return EnglishTextNormalizer(SPELLINGS)
+    return EnglishTextNormalizer(_english_spellings())
 
 
 @lru_cache(maxsize=1)
