@@ -35,12 +35,12 @@ def random_model(size: str, out: Path, seed: int = 0) -> Path:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     from speechtune.models import whisper
-    from speechtune.models.registry import _bundled_ct2
+    from speechtune.models.registry import bundled_ct2
     from speechtune.plan.catalog import ARCHITECTURES
 
     if (out / "config.json").is_file():
         return out
-    ref = _bundled_ct2("base")
+    ref = bundled_ct2("base")
     dims = dict(ARCHITECTURES[size].config, num_mel_bins=80, max_source_positions=1500, max_target_positions=448)
     dims["vocab_size"] = 51865  # the tokenizer is base's multilingual one, whatever the size
     torch.manual_seed(seed)

@@ -22,8 +22,8 @@ def _cache(tmp_path_factory):
 
 
 def bundled_ct2_dir(name: str) -> Path:
-    from speechtune.models.registry import _bundled_ct2
-    return _bundled_ct2(name)
+    from speechtune.models.registry import bundled_ct2
+    return bundled_ct2(name)
 
 
 def build_tiny_whisper(out: Path, multilingual: bool, seed: int = 0, d_model: int = 64, layers: int = 2) -> Path:

@@ -14,6 +14,7 @@ from speechtune.cli import main
 from speechtune.compare import compare, paired
 from speechtune.evaluate import evaluate
 from speechtune.report.html import order_clips, render
+from speechtune.runtimes import DecodingOptions
 
 SENTENCES = ["Scale the deployment to three replicas.", "The kubelet restarts the pod."]
 
@@ -36,7 +37,8 @@ def manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def self_compare(tiny_whisper_dir, manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    result = compare(tiny_whisper_dir, tiny_whisper_dir, manifest, guard=manifest, out=out, batch_size=2,
+    result = compare(tiny_whisper_dir, tiny_whisper_dir, manifest, guard=manifest, out=out,
+                     options=DecodingOptions(batch_size=2),
                      progress=False)
     return result, out
 
@@ -74,7 +76,8 @@ def test_compare_writes_every_file_with_contract_keys(self_compare):
 
 
 def test_evaluate_writes_predictions_and_metrics(tiny_whisper_dir, manifest, tmp_path):
-    m = evaluate(str(tiny_whisper_dir), manifest, out=tmp_path, batch_size=2, progress=False)
+    m = evaluate(str(tiny_whisper_dir), manifest, out=tmp_path, options=DecodingOptions(batch_size=2),
+                 progress=False)
     assert m["clips"] == 2 and m["metric"] == "wer"
     lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 2
@@ -146,7 +149,7 @@ def test_report_renders_in_headless_chromium(self_compare, tmp_path):
 
 @pytest.mark.e2e
 def test_bundled_tiny_en_scores_synthesized_speech(manifest, tmp_path):
-    m = evaluate("tiny.en", manifest, batch_size=2, progress=False)
+    m = evaluate("tiny.en", manifest, DecodingOptions(batch_size=2), progress=False)
     assert m["wer"] < 0.6, [p["hyp"] for p in m["predictions"]]
     assert "deployment" in m["predictions"][0]["hyp_norm"]
     assert m["rtf"] > 0 and m["hallucination"]["empty"] == 0

@@ -7,7 +7,7 @@ import pytest
 
 from speechtune.models import load_model, resolve_model
 from speechtune.synth import speak
-from speechtune.transcribe import transcribe, transcribe_batch
+from speechtune.runtimes import DecodingOptions, runtime_for, transcribe_many
 from tests.conftest import bundled_ct2_dir
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +21,7 @@ def tiny_en():
 
 
 def test_tiny_en_transcribes_synthesized_sentence(tiny_en):
-    text = transcribe(tiny_en, speak(SENTENCE, "en")).text
+    text = runtime_for(tiny_en).transcribe(speak(SENTENCE, "en"), DecodingOptions()).text
     from speechtune.metrics.score import score_corpus
     assert score_corpus([SENTENCE], [text], language="en")["wer"] == 0.0, text
 
@@ -47,7 +47,7 @@ def test_same_transcript_as_faster_whisper_on_source(tiny_en):
     fw = WhisperModel(str(bundled_ct2_dir("tiny.en")), device="cpu", compute_type="float32")
     clips = [(SENTENCE, None), ("I would like a cup of coffee please", "f3")]
     wavs = [speak(text, "en", voice=voice) for text, voice in clips]
-    for wav, mine in zip(wavs, transcribe_batch(tiny_en, wavs)):
+    for wav, mine in zip(wavs, transcribe_many(runtime_for(tiny_en), wavs, DecodingOptions())):
         segments, _ = fw.transcribe(wav, beam_size=1, without_timestamps=True, condition_on_previous_text=False,
                                     temperature=0.0, vad_filter=False)
         assert mine == " ".join(s.text.strip() for s in segments)

@@ -9,7 +9,8 @@ import pytest
 
 from speechtune.audio import write_wav
 from speechtune.errors import SpeechtuneError
-from speechtune.export import export, load_runtime
+from speechtune.export import export
+from speechtune.runtimes import DecodingOptions, load_runtime
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +49,9 @@ def hf_greedy(model_dir, wavs, max_new_tokens=None):
     import torch
 
     from speechtune.models import load_model
-    from speechtune.transcribe import _features
     w = load_model(model_dir, device="cpu")
-    feats, mask = _features(w, wavs)
+    inputs = w.processor.feature_extractor(wavs, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+    feats, mask = inputs.input_features, inputs.attention_mask
     kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     with torch.inference_mode():
         out = w.model.generate(feats, attention_mask=mask, num_beams=1, **kw)
@@ -91,13 +92,13 @@ def test_onnx_graph_modules_equal_the_hf_model(tiny_whisper_dir):
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from speechtune.export.onnx import _modules
+    from speechtune.export.onnx import graph_modules
 
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
     feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
     ids = torch.tensor([[50257, 50362, 400, 1332, 11], [50257, 50362, 11, 13, 400]])
     for untie in (False, True):  # int8 exports give the logits their own (transposed) copy of the embedding
-        encoder, decoder = _modules(model, untie=untie)
+        encoder, decoder = graph_modules(model, untie=untie)
         with torch.no_grad():
             want = model(input_features=feats, decoder_input_ids=ids).logits
             kv = encoder(feats)
@@ -119,7 +120,7 @@ def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path, capsys)
     assert not onnx.defs.has("MultiHeadAttention", "com.microsoft")  # the export's schema is not left behind
     runtime = load_runtime(out)
     wavs = [speak("hello world"), speak("the quick brown fox"), np.zeros(8000, dtype=np.float32)]
-    got = [r["tokens"] for r in runtime.transcribe_batch(wavs, max_new_tokens=12)]
+    got = runtime.generate(runtime.encode(wavs), [runtime.prefix(None)] * len(wavs), 12)
     assert got == hf_greedy(tiny_whisper_dir, wavs, 12)
     assert len(got[0]) == 12
 
@@ -130,7 +131,7 @@ def test_onnx_export_greedy_equals_hf_greedy(tiny_whisper_dir, tmp_path, capsys)
     write_wav(clip, wavs[0])
     assert main(["transcribe", str(clip), "--model", str(out), "--format", "json"]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert row["text"] == runtime.transcribe(decode(clip))["text"] and row["segments"] == []
+    assert row["text"] == runtime.transcribe(decode(clip), DecodingOptions()).text and row["segments"] == []
     assert main(["transcribe", str(clip), "--model", str(out), "--format", "srt"]) == 2
     assert "without timestamps" in capsys.readouterr().err
 
@@ -200,6 +201,6 @@ def test_onnx_tiny_en_matches_hf_on_speech(tmp_path):
     export("tiny.en", "onnx", out)
     wavs = [speak("The quick brown fox jumps over the lazy dog."), speak("Hello world, how are you today?")]
     runtime = load_runtime(out)
-    got = runtime.transcribe_batch(wavs)
-    assert [r["tokens"] for r in got] == hf_greedy(resolve_model("tiny.en"), wavs)
-    assert "lazy dog" in got[0]["text"].lower()
+    got = runtime.generate(runtime.encode(wavs), [runtime.prefix(None)] * len(wavs))
+    assert got == hf_greedy(resolve_model("tiny.en"), wavs)
+    assert "lazy dog" in runtime.transcribe_batch(wavs, DecodingOptions())[0].text.lower()

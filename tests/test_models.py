@@ -133,14 +133,14 @@ def test_openai_pt_checkpoint_converts(tiny_whisper_dir, tmp_path):
     sd = load_file(str(tiny_whisper_dir / "model.safetensors"))
     inverse = {}
     for k, v in sd.items():
-        for ok, hk in openai_pt._TOP.items():
+        for ok, hk in openai_pt.TOP_LEVEL.items():
             if hk == k:
                 inverse[ok] = v
         if ".layers." in k:
             side, rest = k[len("model."):].split(".layers.")
             idx, name = rest.split(".", 1)
             module, leaf = name.rsplit(".", 1)
-            ok = {v_: k_ for k_, v_ in openai_pt._BLOCK.items()}[module]
+            ok = {v_: k_ for k_, v_ in openai_pt.IN_BLOCK.items()}[module]
             inverse[f"{side}.blocks.{idx}.{ok}.{leaf}"] = v
         elif ".conv" in k:
             inverse[k[len("model."):]] = v

@@ -174,29 +174,29 @@ def test_api_key_enforced(random_ct2, clip, monkeypatch):
 
 
 class Gate:
-    """The real backend, held at a gate so a test can fill the queue deterministically."""
+    """The real runtime, held at a gate so a test can fill the queue deterministically."""
 
-    def __init__(self, backend):
-        self.backend, self.open, self.entered = backend, threading.Event(), threading.Event()
-        self.name, self.path, self.multilingual = backend.name, backend.path, backend.multilingual
+    def __init__(self, runtime):
+        self.runtime, self.open, self.entered = runtime, threading.Event(), threading.Event()
+        self.name, self.path, self.multilingual = runtime.name, runtime.path, runtime.multilingual
 
     def check_language(self, language):
-        self.backend.check_language(language)
+        self.runtime.check_language(language)
 
-    def batch(self, jobs):
+    def transcribe_batch(self, *args):
         self.entered.set()
         assert self.open.wait(60)
-        return self.backend.batch(jobs)
+        return self.runtime.transcribe_batch(*args)
 
-    def single(self, job):
+    def transcribe(self, *args):
         self.entered.set()
         assert self.open.wait(60)
-        return self.backend.single(job)
+        return self.runtime.transcribe(*args)
 
 
 def test_queue_full_gives_503_with_retry_after_then_recovers(random_ct2, clip):
-    from speechtune.serve.worker import CT2Backend
-    gate = Gate(CT2Backend(random_ct2))
+    from speechtune.runtimes import load_runtime
+    gate = Gate(load_runtime(random_ct2))
     good = clip.read_bytes()
     with start_server(random_ct2, backend=gate, max_queue=1, max_batch=1) as s, \
             concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -215,8 +215,8 @@ def test_queue_full_gives_503_with_retry_after_then_recovers(random_ct2, clip):
 
 
 def test_graceful_shutdown_finishes_in_flight_request(random_ct2, clip):
-    from speechtune.serve.worker import CT2Backend
-    gate = Gate(CT2Backend(random_ct2))
+    from speechtune.runtimes import load_runtime
+    gate = Gate(load_runtime(random_ct2))
     s = start_server(random_ct2, backend=gate)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(post, s.url, clip.read_bytes())

@@ -9,7 +9,8 @@ import numpy as np
 
 from speechtune.audio import decode, write_wav
 from speechtune.cli import main
-from speechtune.transcribe import Segment, to_srt, to_vtt
+from speechtune.formats import to_srt, to_vtt
+from speechtune.runtimes import DecodingOptions, Segment
 
 
 def test_bad_files_reported_and_others_transcribed(tiny_whisper_dir, tmp_path, tone, capsys):
@@ -86,8 +87,7 @@ def test_generate_warnings_that_are_not_the_users_doing_are_dropped(tiny_whisper
     # API user training a model got two such lines per evaluation batch (the CLI mutes transformers).
     import logging
 
-    from speechtune.models import load_model
-    from speechtune.transcribe import transcribe_batch
+    from speechtune.runtimes import load_runtime
 
     seen = []
 
@@ -100,8 +100,8 @@ def test_generate_warnings_that_are_not_the_users_doing_are_dropped(tiny_whisper
     log.setLevel(logging.WARNING)  # other tests' commands may have turned transformers' verbosity down
     log.addHandler(keep)
     try:
-        w = load_model(tiny_whisper_dir, device="cpu")
-        transcribe_batch(w, [np.zeros(16000, np.float32), np.zeros(8000, np.float32)], None, 2)
+        runtime = load_runtime(tiny_whisper_dir, device="cpu")
+        runtime.transcribe_batch([np.zeros(16000, np.float32), np.zeros(8000, np.float32)], DecodingOptions())
         log.warning("a warning of its own")
     finally:
         log.removeHandler(keep)

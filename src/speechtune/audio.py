@@ -14,7 +14,12 @@ import numpy as np
 
 from .errors import SpeechtuneError
 
+# Every model speechtune runs, and every prepared clip, is 16 kHz mono float32.
 SAMPLE_RATE = 16000
+# Whisper's encoder sees exactly 30 s (3000 mel frames); shorter clips are padded, longer ones are decoded in
+# windows. Also the longest clip a batched decoding call takes.
+WINDOW_S = 30.0
+WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
 
 
 class AudioError(SpeechtuneError):

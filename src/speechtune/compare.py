@@ -9,14 +9,14 @@ Writes DIR/metrics.json, predictions.jsonl (+ guard_predictions.jsonl), report.h
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 
 from .errors import SpeechtuneError
-from .evaluate import (_load, add_decoding_arguments, load_rows, score_language, score_rows,
-                       speed, transcribe_rows, warm_up, write_json)
-from .manifest import write_atomic, write_jsonl
+from .evaluate import add_decoding_arguments, decoding_options, decoding_record, load
+from .evaluation import load_rows, model_name, score_language, score_rows, speed, transcribe_rows
+from .files import write_atomic, write_json, write_jsonl
 from .metrics.bootstrap import paired_bootstrap, verdict, verdict_line
+from .runtimes import DecodingOptions, check_options, warm_up
 
 CLIP_KEYS = ("hyp", "hyp_norm", "errors", "sub", "del", "ins", "error_rate", "loop", "empty", "too_long")
 
@@ -32,10 +32,6 @@ def add_arguments(p) -> None:
     add_decoding_arguments(p)
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000; at least 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-
-
-def _name(spec, whisper) -> str:
-    return str(spec) if isinstance(spec, (str, os.PathLike)) else str(whisper.path)
 
 
 def paired(rows: list[dict], base_run: dict, tuned_run: dict, languages: list, metric: str | None,
@@ -67,33 +63,36 @@ def paired(rows: list[dict], base_run: dict, tuned_run: dict, languages: list, m
 
 
 def compare(base, tuned, data, guard=None, guard_threshold: float = 1.0, out: str | Path | None = None,
-            language: str | None = None, batch_size: int = 8, metric: str | None = None, num_beams: int = 1,
-            n_resamples: int = 2000, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
+            options: DecodingOptions | None = None, metric: str | None = None, n_resamples: int = 2000,
+            seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
     """Compare two models (specs or loaded bundles) on a manifest. Returns the metrics.json dict plus
     `per_clip` and `guard_per_clip` (paired per-clip rows); writes the report files under `out` when given."""
     if n_resamples < 1000:
         raise SpeechtuneError(f"--resamples {n_resamples} is too few for a 95% interval", "use 1000 or more")
+    options = options or DecodingOptions()
+    language = options.language
     rows, where = load_rows(data)
     guard_rows, guard_where = load_rows(guard) if guard else (None, None)
     runs, multilingual = {}, []
     # One model in memory at a time: base fully, then tuned, each on the test set and the guard set.
     for side, spec in (("base", base), ("tuned", tuned)):
-        whisper = _load(spec, device)
-        multilingual.append(whisper.multilingual)
-        warm_up(whisper, num_beams)
-        kw = dict(language=language, batch_size=batch_size, num_beams=num_beams, progress=progress)
-        runs[side] = {"test": transcribe_rows(whisper, rows, where=where, **kw),
-                      "guard": transcribe_rows(whisper, guard_rows, where=guard_where, **kw) if guard_rows else None}
+        runtime = load(spec, device)
+        check_options(runtime, options)
+        multilingual.append(runtime.multilingual)
+        warm_up(runtime, options)
+        runs[side] = {"test": transcribe_rows(runtime, rows, options, where, progress),
+                      "guard": transcribe_rows(runtime, guard_rows, options, guard_where, progress)
+                      if guard_rows else None}
         for r in runs[side].values():
             if r:
-                r["model"] = _name(spec, whisper)
-        del whisper
+                r["model"] = model_name(spec, runtime)
+        del runtime
         gc.collect()
     ml = any(multilingual)
     result, clips = paired(rows, runs["base"]["test"], runs["tuned"]["test"],
                            score_language(rows, language, ml), metric, n_resamples, seed)
     result = {"data": where, **result, "guard": None,
-              "decoding": {"batch_size": batch_size, "num_beams": num_beams, "language": language}}
+              "decoding": decoding_record(options)}
     guard_clips = None
     if guard_rows:
         g, guard_clips = paired(guard_rows, runs["base"]["guard"], runs["tuned"]["guard"],
@@ -129,8 +128,8 @@ def guard_line(result: dict) -> str | None:
 
 def main(args) -> int:
     r = compare(args.base, args.tuned, args.data, guard=args.guard, guard_threshold=args.guard_threshold,
-                out=args.out, language=args.language, batch_size=args.batch_size, metric=args.metric,
-                num_beams=args.beam_size, n_resamples=args.resamples, seed=args.seed, device=args.device)
+                out=args.out, options=decoding_options(args), metric=args.metric, n_resamples=args.resamples,
+                seed=args.seed, device=args.device)
     print(r["verdict_line"])
     if guard_line(r):
         print(guard_line(r))

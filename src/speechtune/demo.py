@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .errors import SpeechtuneError
-from .manifest import write_jsonl
+from .files import write_jsonl
 
 MODELS = {"en": "tiny.en", "zh": "base"}
 # Sizes: "full" is the real demo; "small" keeps the same steps at a size CI can afford.

@@ -7,7 +7,6 @@ lines people already have (`audio`, `text`, maybe `duration_s`, other keys kept 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from .errors import SpeechtuneError
@@ -59,19 +58,3 @@ def _parse_line(line: str, p: Path, n: int) -> dict:
         line=n,
     )
     return out
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write under a temporary name unique to this process, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """One JSON object per line (UTF-8, not escaped), written atomically: the manifest format."""
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

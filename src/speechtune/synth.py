@@ -18,7 +18,7 @@ import numpy as np
 from .audio import SAMPLE_RATE, resample, write_wav
 from .config import add_dataclass_args, build_config
 from .errors import SpeechtuneError
-from .manifest import write_jsonl
+from .files import write_jsonl
 
 LANG_VOICES = {"en": "en-us", "zh": "cmn"}
 # espeak-ng "variants" (voices/!v) change the formants and glottal source, which is as close to different

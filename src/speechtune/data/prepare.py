@@ -26,7 +26,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE, AudioError, decode, write_pcm16
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
-from ..manifest import write_jsonl
+from ..files import write_jsonl
 from . import checks, readers, split
 
 CACHE_VERSION = "2"  # bump when processing changes, so old cache entries are not reused
@@ -63,7 +63,7 @@ def cache_root(cfg: PrepareConfig) -> Path:
     so the prepared dir stays self-contained without storing the audio twice."""
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
-    from ..models.registry import cache_dir
+    from ..files import cache_dir
     return cache_dir() / "prepare"
 
 
@@ -333,7 +333,7 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
 def _winner(clips, splits, k) -> str:
     key = split.leak_key(clips[k]["text"], clips[k]["speaker"])
     return min((s for c, s in zip(clips, splits) if split.leak_key(c["text"], c["speaker"]) == key),
-               key=lambda s: split._PRIORITY[s])
+               key=lambda s: split.SPLIT_PRIORITY[s])
 
 
 def _prune_audio(out: Path, keep: set[str]) -> None:

@@ -14,7 +14,7 @@ import unicodedata
 from ..errors import SpeechtuneError
 
 SPLITS = ("train", "valid", "test")
-_PRIORITY = {"test": 0, "valid": 1, "train": 2}  # which copy survives a leak: evaluation data stays intact
+SPLIT_PRIORITY = {"test": 0, "valid": 1, "train": 2}  # which copy survives a leak: evaluation data stays intact
 
 
 def leak_key(text: str, speaker: str | None) -> tuple[str, str | None]:
@@ -98,6 +98,6 @@ def find_leaks(clips: list[dict], splits: list[str]) -> list[int]:
     best: dict = {}
     for c, s in zip(clips, splits):
         k = leak_key(c["text"], c["speaker"])
-        if k not in best or _PRIORITY[s] < _PRIORITY[best[k]]:
+        if k not in best or SPLIT_PRIORITY[s] < SPLIT_PRIORITY[best[k]]:
             best[k] = s
     return [i for i, (c, s) in enumerate(zip(clips, splits)) if best[leak_key(c["text"], c["speaker"])] != s]

@@ -1,4 +1,6 @@
-"""Export a Whisper model for deployment: CTranslate2 (faster-whisper) or ONNX (onnxruntime), parity-checked."""
-from .recipe import export, load_runtime
+"""Export a Whisper model for deployment: CTranslate2 (faster-whisper) or ONNX (onnxruntime), parity-checked.
 
-__all__ = ["export", "load_runtime"]
+The exported folder is read back by `speechtune.runtimes.load_runtime`."""
+from .recipe import convert, export
+
+__all__ = ["convert", "export"]

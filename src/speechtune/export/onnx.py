@@ -1,5 +1,4 @@
-"""ONNX export of Whisper's encoder and decoder with `torch.onnx.export(dynamo=True)`, and a greedy decoder
-for onnxruntime.
+"""ONNX export of Whisper's encoder and decoder with `torch.onnx.export(dynamo=True)`, for onnxruntime.
 
 The exporter is PyTorch's own (torch.export + onnxscript), which handles transformers 5 models as they are;
 optimum's ONNX exporter is not used because it lags transformers' major versions. Two graphs:
@@ -25,18 +24,7 @@ the lookup). The convolutions stay fp32. The logits projection gets its own int8
 stored transposed: sharing one table made the decoder dequantize all of it, 51865 x d_model floats, at every
 step (8 of the 13 ms a tiny.en step took).
 
-Greedy decoding, as `OnnxWhisper.transcribe_batch` does it (the same rules HF `generate` applies with one
-beam, so on the same weights both give the same tokens):
-
-    1. features = WhisperFeatureExtractor(wav) padded to 30 s;  kv = encoder(features)  (all its outputs)
-    2. tokens = <|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>   (language detected from
-       the first decoder step's logits over language tokens when not given, multilingual models only)
-    3. repeat: logits, cache = decoder(the tokens not yet in the cache, *kv, *cache);
-       logits[suppress_tokens] = -inf; on the first step also logits[begin_suppress_tokens] = -inf;
-       next = argmax; a sequence that produced <|endoftext|> leaves the batch (HF keeps it, padded: the same
-       tokens); stop when all have ended, the length reaches max_target_positions (448), or after
-       `speechtune.transcribe.max_new_tokens(seconds)` new tokens (the cap HF decoding uses here too).
-    4. text = tokenizer.decode(generated, skip_special_tokens=True)
+The graphs are decoded by `speechtune.runtimes.onnx.OnnxRuntime`.
 """
 from __future__ import annotations
 
@@ -54,7 +42,6 @@ QUANTIZATIONS = ("float32", "int8")
 COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
         "preprocessor_config.json", "processor_config.json", "special_tokens_map.json", "added_tokens.json",
         "vocab.json", "merges.txt", "normalizer.json")
-WINDOW = 30 * 16000
 
 
 def _attention():
@@ -113,7 +100,7 @@ def _attention_onnx():
             onnx.defs.deregister_schema("MultiHeadAttention", 1, "com.microsoft")
 
 
-def _modules(model, untie: bool = False):
+def graph_modules(model, untie: bool = False):
     """The two graphs as torch modules. The encoder also projects its output into every decoder layer's
     cross-attention keys (stored transposed) and values, once per clip; the decoder reads them instead of the
     encoder output, so a decoding step neither redoes those projections over 1500 frames nor moves them
@@ -213,7 +200,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     out.mkdir(parents=True)
     whisper = load_model(model_dir, device="cpu", dtype=torch.float32)
     cfg = whisper.model.config
-    encoder, decoder = _modules(whisper.model, untie=quantization == "int8")
+    encoder, decoder = graph_modules(whisper.model, untie=quantization == "int8")
     features = torch.zeros(1, cfg.num_mel_bins, 2 * cfg.max_source_positions)
     batch = torch.export.Dim("batch", min=1, max=256)
     tokens = torch.export.Dim("tokens", min=1, max=cfg.max_target_positions)
@@ -258,121 +245,3 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     for name in COPY:
         if (model_dir / name).is_file():
             shutil.copy(model_dir / name, out / name)
-
-
-class OnnxWhisper:
-    """An ONNX export run with onnxruntime (CPU), greedy decoding as in the module docstring."""
-
-    def __init__(self, folder: str | Path, threads: int = 0):
-        import onnxruntime as ort
-        from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperTokenizer
-
-        self.path = Path(folder)
-        for name in ("encoder.onnx", "decoder.onnx", "generation_config.json", "tokenizer.json"):
-            if not (self.path / name).is_file():
-                raise SpeechtuneError(f"{folder}: not an ONNX Whisper export (no {name})",
-                                      "export with `speechtune export MODEL --format onnx --out DIR`")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        # idle onnxruntime threads otherwise spin between runs, taking the cores from the Python work between
-        # them (features, the greedy loop): 17% of the wall time on tiny.en at batch 1 (docs/benchmarks.md)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.encoder = ort.InferenceSession(str(self.path / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(self.path / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
-        # what the encoder hands the decoder, in order: cross_k_0, cross_v_0, ...; older exports pass one tensor
-        # (encoder_hidden_states, or cross_kv)
-        self.memory = [i.name for i in self.decoder.get_inputs()[1:] if not i.name.startswith("past_")]
-        # the decoder's self-attention cache inputs; none in exports made before it had one
-        self.past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_")]
-        self.gen = GenerationConfig.from_pretrained(self.path)
-        self.features = WhisperFeatureExtractor.from_pretrained(self.path)
-        self.tokenizer = WhisperTokenizer.from_pretrained(self.path)
-        self.multilingual = bool(getattr(self.gen, "is_multilingual", False))
-        self.max_length = json.loads((self.path / "config.json").read_text()).get("max_target_positions", 448)
-
-    def encode(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
-        """What the decoder reads, each array batch first: every layer's cross-attention keys and values (the
-        encoder output itself in exports made before the encoder graph computed those)."""
-        feats = self.features(wavs, sampling_rate=16000, return_tensors="np").input_features.astype(np.float32)
-        # one clip per run: the attention scores of a batch of 8 (432 MB a layer for tiny.en) outgrow the caches,
-        # and a clip took 208 ms in a batch of 8 against 165 ms alone (no gain at 2 or 4 either)
-        runs = [self.encoder.run(None, {"input_features": feats[i:i + 1]}) for i in range(len(feats))]
-        return [np.concatenate(parts) for parts in zip(*runs)]
-
-    def step(self, ids: np.ndarray, memory: list[np.ndarray], cache: list[np.ndarray] | None = None):
-        """Logits after each row of `ids` [batch, tokens], and the self-attention cache to pass with the same rows
-        next time; only the tokens the cache lacks are fed (all of them when it is None)."""
-        feed = dict(zip(self.memory, memory))
-        if not self.past:  # exports made before the cache re-read the whole prefix at every step
-            out = self.decoder.run(None, {"input_ids": ids.astype(np.int64), **feed})[0]
-            return (out if out.ndim == 2 else out[:, -1]), None  # older still: every position's logits
-        if cache is None:  # one placeholder slot (see the module docstring)
-            cache = [np.zeros((len(ids), p.shape[1], 1, p.shape[3]), dtype=np.float32) for p in self.past]
-        feed.update(zip((p.name for p in self.past), cache))
-        logits, *cache = self.decoder.run(None, {"input_ids": ids[:, cache[0].shape[2] - 1:].astype(np.int64), **feed})
-        return logits, cache
-
-    def detect_language(self, hidden: list[np.ndarray]) -> list[str]:
-        lang_ids = np.array(sorted(self.gen.lang_to_id.values()))
-        first = np.full((len(hidden[0]), 1), self.gen.decoder_start_token_id)
-        best = lang_ids[self.step(first, hidden)[0][:, lang_ids].argmax(-1)]
-        names = {v: k[2:-2] for k, v in self.gen.lang_to_id.items()}
-        return [names[int(i)] for i in best]
-
-    def generate(self, hidden: list[np.ndarray], prefixes: list[list[int]], max_new_tokens: int | None = None) -> list[list[int]]:
-        """Greedy tokens after each prefix (prefixes of equal length), without the prefix and the final EOT."""
-        eot = self.gen.eos_token_id
-        suppress = np.array(self.gen.suppress_tokens or [], dtype=np.int64)
-        begin = np.array(self.gen.begin_suppress_tokens or [], dtype=np.int64)
-        ids = np.array(prefixes, dtype=np.int64)
-        start = ids.shape[1]
-        limit = self.max_length if max_new_tokens is None else min(self.max_length, start + max_new_tokens)
-        rows = np.arange(len(ids))  # the caller's row of each sequence still decoding
-        out: list[list[int]] = [[] for _ in prefixes]
-        cache = None
-        while len(rows) and ids.shape[1] < limit:
-            logits, cache = self.step(ids, hidden, cache)
-            logits[:, suppress] = -np.inf
-            if ids.shape[1] == start:
-                logits[:, begin] = -np.inf
-            ids = np.concatenate([ids, logits.argmax(-1)[:, None]], axis=1)
-            live = ids[:, -1] != eot
-            if not live.all():
-                # finished sequences leave the batch: every step reads each row's cross-attention keys and
-                # values (18 MB a clip for tiny.en), the bulk of a step's time at batch 8
-                for r, seq in zip(rows[~live], ids[~live]):
-                    out[r] = seq[start:-1].tolist()
-                rows, ids, hidden = rows[live], ids[live], [m[live] for m in hidden]
-                cache = None if cache is None else [c[live] for c in cache]
-        for r, seq in zip(rows, ids):
-            out[r] = seq[start:].tolist()
-        return out
-
-    def prefix(self, language: str | None) -> list[int]:
-        from ..models.whisper import prefix_ids
-        return prefix_ids(self.gen, language if self.multilingual else None)
-
-    def transcribe_batch(self, wavs: list[np.ndarray], language: str | None = None,
-                         max_new_tokens: int | None = None, **_) -> list[dict]:
-        """Greedy texts of clips <= 30 s: [{text, language, tokens}]."""
-        from ..transcribe import max_new_tokens as cap
-        max_new_tokens = max_new_tokens or cap(max(len(w) for w in wavs) / 16000)  # as speechtune.transcribe
-        hidden = self.encode(wavs)
-        langs = [language] * len(wavs)
-        if self.multilingual and language is None:
-            langs = self.detect_language(hidden)
-        results: list[dict] = [{}] * len(wavs)
-        for lang in dict.fromkeys(langs):  # one prefix length per group keeps the batch rectangular
-            idx = [i for i, x in enumerate(langs) if x == lang]
-            tokens = self.generate([m[idx] for m in hidden], [self.prefix(lang)] * len(idx), max_new_tokens)
-            for i, t in zip(idx, tokens):
-                results[i] = {"text": self.tokenizer.decode(t, skip_special_tokens=True).strip(),
-                              "language": lang if self.multilingual else "en", "tokens": t}
-        return results
-
-    def transcribe(self, wav: np.ndarray, language: str | None = None, **_) -> dict:
-        """Any length, in consecutive 30 s windows (no timestamp-guided seeking: words at a cut may split)."""
-        parts = [wav[i:i + WINDOW] for i in range(0, len(wav), WINDOW)]
-        results = self.transcribe_batch(parts, language)
-        return {"text": " ".join(r["text"] for r in results if r["text"]),
-                "language": results[0]["language"] if results else language}

@@ -1,67 +1,39 @@
 """Parity check: the exported model's error rate on a test set must stay within a margin of PyTorch's.
 
-Both sides decode greedily (one beam, no sampling), batched, clips > 30 s through each runtime's long-form
-path, and are scored with the same normaliser and metric (`speechtune.metrics`: WER, or CER for zh/ja/...).
-RTF is model seconds / audio seconds, after one untimed warm-up call, audio decoding excluded.
+Both sides decode with the same `DecodingOptions` (greedy, batched, clips > 30 s through each runtime's
+long-form path) through the evaluation component, and are scored with the same normaliser and metric (WER,
+or CER for zh/ja/...). RTF is model seconds / audio seconds, after one untimed warm-up call, audio decoding
+excluded.
 """
 from __future__ import annotations
 
-import time
-
-import numpy as np
-
-from ..audio import SAMPLE_RATE
 from ..errors import SpeechtuneError
-
-WINDOW = 30 * SAMPLE_RATE
-
-
-def run_exported(runtime, wavs: list[np.ndarray], languages: list[str | None], batch_size: int = 8) -> dict:
-    """Hypotheses from an exported runtime (CT2Whisper or OnnxWhisper) and the seconds it spent."""
-    runtime.transcribe_batch([np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up, untimed
-    hyps = [""] * len(wavs)
-    t0 = time.perf_counter()
-    for lang in dict.fromkeys(languages):
-        idx = sorted((i for i, x in enumerate(languages) if x == lang), key=lambda i: len(wavs[i]))
-        short = [i for i in idx if len(wavs[i]) <= WINDOW]
-        for start in range(0, len(short), batch_size):
-            part = short[start:start + batch_size]
-            for i, r in zip(part, runtime.transcribe_batch([wavs[i] for i in part], language=lang)):
-                hyps[i] = r["text"]
-        for i in (i for i in idx if len(wavs[i]) > WINDOW):
-            hyps[i] = runtime.transcribe(wavs[i], language=lang)["text"]
-    return {"hyps": hyps, "processing_s": time.perf_counter() - t0}
+from ..evaluation import load_rows, score_language, score_rows, transcribe_rows
+from ..runtimes import DecodingOptions, load_runtime, warm_up
 
 
-def check(model_dir, runtime, data, max_wer_delta: float = 0.5, language: str | None = None,
-          batch_size: int = 8, progress: bool = True) -> dict:
-    """Score PyTorch (HF generate, fp32) and the export on `data`; raise SpeechtuneError with both figures
-    when they differ by more than `max_wer_delta` percentage points."""
-    from .. import evaluate
-    from ..models import load_model
-
-    rows, where = evaluate.load_rows(data)
-    whisper = load_model(model_dir, device="cpu")
-    torch_run = evaluate.transcribe_rows(whisper, rows, language, batch_size, 1, where, progress)
-    langs = evaluate.score_language(rows, language, whisper.multilingual)
-    torch_score = evaluate.score_rows(rows, torch_run["hyps"], langs)
-    del whisper
-
-    wavs = [evaluate._load_clip(r, where) for r in rows]
-    decode_lang = [r.get("language") or language for r in rows]
-    if not runtime.multilingual:
-        decode_lang = [None if lang in (None, "en") else lang for lang in decode_lang]
-    export_run = run_exported(runtime, wavs, decode_lang, batch_size)
-    export_run["audio_s"] = torch_run["audio_s"]
-    export_score = evaluate.score_rows(rows, export_run["hyps"], langs, metric=torch_score["metric"])
-
-    metric = torch_score["metric"]
-    delta = 100 * (export_score["error_rate"] - torch_score["error_rate"])
+def check(model_dir, runtime, data, max_wer_delta: float = 0.5, options: DecodingOptions | None = None,
+          progress: bool = True) -> dict:
+    """Score PyTorch (HF generate, fp32, on the CPU) and the export `runtime` on `data`; raise ParityError
+    with both figures when they differ by more than `max_wer_delta` percentage points."""
+    options = (options or DecodingOptions()).replace(beam_size=1, temperature=0.0, prompt=None)
+    rows, where = load_rows(data)
+    runs, scores = {}, {}
+    for side in ("pytorch", "exported"):
+        rt = load_runtime(model_dir, device="cpu") if side == "pytorch" else runtime
+        warm_up(rt, options)
+        runs[side] = transcribe_rows(rt, rows, options, where, progress)
+        langs = score_language(rows, options.language, rt.multilingual)
+        metric = scores["pytorch"]["metric"] if scores else None
+        scores[side] = score_rows(rows, runs[side]["hyps"], langs, metric=metric)
+        del rt
+    metric = scores["pytorch"]["metric"]
+    delta = 100 * (scores["exported"]["error_rate"] - scores["pytorch"]["error_rate"])
     result = {
         "data": where, "clips": len(rows), "metric": metric, "max_delta_pt": max_wer_delta,
-        "pytorch": _figures(torch_score, torch_run), "exported": _figures(export_score, export_run),
+        **{side: _figures(scores[side], runs[side]) for side in ("pytorch", "exported")},
         "delta_pt": round(delta, 3), "passed": abs(delta) <= max_wer_delta,
-        "changed_clips": sum(a != b for a, b in zip(torch_run["hyps"], export_run["hyps"])),
+        "changed_clips": sum(a != b for a, b in zip(runs["pytorch"]["hyps"], runs["exported"]["hyps"])),
     }
     if not result["passed"]:
         p, e = result["pytorch"], result["exported"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import SpeechtuneError
+from ..files import temp_dir_beside, write_json
+from ..runtimes import EXPORT_META, DecodingOptions, load_runtime
 
 FORMATS = ("ct2", "onnx")
 
@@ -31,7 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-wer-delta", type=float, default=0.5,
                    help="allowed WER (or CER) difference, exported vs PyTorch, in points (default: 0.5)")
     p.add_argument("--language", help="language of clips whose manifest line has none")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per batch in the parity check (default: 8)")
+    p.add_argument("--batch-size", type=int, default=DecodingOptions.batch_size,
+                   help=f"clips per batch in the parity check (default: {DecodingOptions.batch_size})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
@@ -44,9 +46,24 @@ def _source_size(model_dir: Path) -> int:
                if n.endswith((".safetensors", ".bin")) and (model_dir / n).is_file())
 
 
+def convert(model_dir: Path, target: Path, fmt: str, quantization: str, source) -> dict:
+    """Write the export of the HF folder `model_dir` into `target` (which must not exist), with the
+    speechtune_export.json that says which runtime reads it; returns that metadata."""
+    if fmt == "ct2":
+        from .ct2 import export_ct2
+        export_ct2(model_dir, target, quantization)
+    else:
+        from .onnx import export_onnx
+        export_onnx(model_dir, target, quantization)
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    meta = {"format": fmt, "quantization": quantization, "source": str(source), "source_dir": str(model_dir),
+            "max_target_positions": hf_config.get("max_target_positions", 448), "exported_with": "speechtune"}
+    write_json(target / EXPORT_META, meta)
+    return meta
+
+
 def export(model, fmt: str, out, quantization: str | None = None, data=None, max_wer_delta: float = 0.5,
-           language: str | None = None, batch_size: int = 8, overwrite: bool = False,
-           progress: bool = True) -> dict:
+           options: DecodingOptions | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Export `model` (any spec) into `out`; returns the summary (also written as export_summary.json)."""
     from ..models import resolve_model
 
@@ -57,31 +74,19 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
         raise SpeechtuneError(f"{out} already exists", "choose a new --out folder or pass --overwrite")
     model_dir = resolve_model(model)
     quantization = quantization or ("int8" if fmt == "ct2" else "float32")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out, prefix=f".{out.name}.")
     try:
         t0 = time.perf_counter()
         target = tmp / "model"
-        if fmt == "ct2":
-            from .ct2 import export_ct2
-            export_ct2(model_dir, target, quantization)
-        else:
-            from .onnx import export_onnx
-            export_onnx(model_dir, target, quantization)
-        export_s = time.perf_counter() - t0
-        hf_config = json.loads((model_dir / "config.json").read_text())
-        meta = {"format": fmt, "quantization": quantization, "source": str(model), "source_dir": str(model_dir),
-                "max_target_positions": hf_config.get("max_target_positions", 448), "exported_with": "speechtune"}
-        (target / "speechtune_export.json").write_text(json.dumps(meta, indent=2) + "\n")
-        summary = {**meta, "export_s": round(export_s, 2),
+        meta = convert(model_dir, target, fmt, quantization, model)
+        summary = {**meta, "export_s": round(time.perf_counter() - t0, 2),
                    "size_bytes": {"source": _source_size(model_dir), "export": dir_size(target)},
                    "parity": None}
         if data:
             from .parity import check
-            summary["parity"] = check(model_dir, load_runtime(target), data, max_wer_delta, language,
-                                      batch_size, progress)
+            summary["parity"] = check(model_dir, load_runtime(target), data, max_wer_delta, options, progress)
         summary["size_mb"] = {k: round(v / 2**20, 2) for k, v in summary["size_bytes"].items()}
-        (target / "export_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(target / "export_summary.json", summary)
         if out.exists():
             shutil.rmtree(out)
         target.rename(out)
@@ -90,32 +95,10 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
     return summary
 
 
-def export_format(folder) -> str | None:
-    """"ct2" or "onnx" for an exported folder (what speechtune_export.json says, else what files it holds);
-    None for anything else."""
-    folder = Path(folder).expanduser()
-    meta = folder / "speechtune_export.json"
-    if meta.is_file():
-        return json.loads(meta.read_text())["format"]
-    return "ct2" if (folder / "model.bin").is_file() else "onnx" if (folder / "encoder.onnx").is_file() else None
-
-
-def load_runtime(folder, device: str = "cpu", threads: int = 0):
-    """The runtime for an exported folder: CT2Whisper (faster-whisper) or OnnxWhisper (onnxruntime)."""
-    folder = Path(folder)
-    fmt = export_format(folder)
-    if fmt == "ct2":
-        from .ct2 import CT2Whisper
-        return CT2Whisper(folder, device=device, threads=threads)
-    if fmt == "onnx":
-        from .onnx import OnnxWhisper
-        return OnnxWhisper(folder, threads=threads)
-    raise SpeechtuneError(f"{folder}: not a speechtune export (no model.bin or encoder.onnx)")
-
-
 def main(args) -> int:
+    options = DecodingOptions(language=args.language, batch_size=args.batch_size)
     summary = export(args.model, args.format, args.out, args.quantization, args.data, args.max_wer_delta,
-                     args.language, args.batch_size, args.overwrite)
+                     options, args.overwrite)
     mb = summary["size_mb"]
     print(f"exported {args.model} -> {args.out} ({args.format}, {summary['quantization']}): "
           f"{mb['export']:.1f} MB on disk (source weights {mb['source']:.1f} MB)")

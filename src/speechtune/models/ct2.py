@@ -11,7 +11,9 @@ where `str` is u16 length (including a trailing NUL) then the UTF-8 bytes and th
 
 CT2 fuses Whisper's attention projections: self-attention `linear_0` is [q; k; v] (k's bias is stored as
 zeros because Whisper's k_proj has none) and cross-attention `linear_1` is [k; v]. Splitting them back
-and casting fp16 -> fp32 loses nothing, which tests/test_models.py checks tensor by tensor.
+and casting fp16 -> fp32 loses nothing, which tests/test_models.py checks tensor by tensor. int8 (and int16)
+weights are dequantized with their stored scales: close to the original, not equal (a runtime should run
+such a folder as it is, as `runtimes.load_runtime` does; this path is for training from one).
 """
 from __future__ import annotations
 
@@ -74,7 +76,21 @@ def read_model_bin(path: str | Path) -> dict[str, np.ndarray]:
         raise SpeechtuneError(f"{path}: a CTranslate2 {spec} model, not Whisper",
                               "speechtune converts CTranslate2 Whisper models only")
     out["_spec"] = np.array(spec)
-    return out
+    return dequantize(out)
+
+
+def dequantize(v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """int8/int16 weights (exports made with --quantization int8*, int16) back to float32, with the scale
+    CTranslate2 stored beside each one (`<name>_scale`): it quantized as round(w * scale), one scale per
+    output row for int8, one for the whole tensor for int16, so w = q / scale up to rounding."""
+    for name in [n for n in v if n.endswith("_scale") and n[:-len("_scale")] in v]:
+        q, scale = v[name[:-len("_scale")]], v.pop(name).astype(np.float32)
+        if q.dtype.kind != "i":
+            continue
+        rows = q.reshape(q.shape[0], -1).astype(np.float32) if q.ndim > 1 else q.astype(np.float32)[None]
+        rows = rows / (scale.reshape(-1, 1) if scale.ndim else scale)
+        v[name[:-len("_scale")]] = rows.reshape(q.shape)
+    return v
 
 
 def _layers(v: dict, prefix: str) -> int:

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..errors import SpeechtuneError
 
-_BLOCK = {
+# openai-whisper parameter names inside a residual block -> HF's (under model.<side>.layers.<i>.)
+IN_BLOCK = {
     "attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj", "attn.value": "self_attn.v_proj",
     "attn.out": "self_attn.out_proj", "attn_ln": "self_attn_layer_norm",
     "cross_attn.query": "encoder_attn.q_proj", "cross_attn.key": "encoder_attn.k_proj",
@@ -18,7 +19,8 @@ _BLOCK = {
     "cross_attn_ln": "encoder_attn_layer_norm",
     "mlp.0": "fc1", "mlp.2": "fc2", "mlp_ln": "final_layer_norm",
 }
-_TOP = {
+# openai-whisper parameter names outside the blocks -> HF's
+TOP_LEVEL = {
     "encoder.positional_embedding": "model.encoder.embed_positions.weight",
     "decoder.positional_embedding": "model.decoder.embed_positions.weight",
     "decoder.token_embedding.weight": "model.decoder.embed_tokens.weight",
@@ -55,15 +57,15 @@ def hf_dims(dims: dict) -> dict:
 def to_hf_state_dict(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for key, value in sd.items():
-        if key in _TOP:
-            out[_TOP[key]] = value
+        if key in TOP_LEVEL:
+            out[TOP_LEVEL[key]] = value
             continue
         parts = key.split(".")
         if parts[1] == "blocks":  # encoder.blocks.3.attn.query.weight
             side, idx, rest, leaf = parts[0], parts[2], ".".join(parts[3:-1]), parts[-1]
-            if rest not in _BLOCK:
+            if rest not in IN_BLOCK:
                 raise SpeechtuneError(f"openai checkpoint: unexpected tensor {key}")
-            out[f"model.{side}.layers.{idx}.{_BLOCK[rest]}.{leaf}"] = value
+            out[f"model.{side}.layers.{idx}.{IN_BLOCK[rest]}.{leaf}"] = value
         elif parts[1] in ("conv1", "conv2"):
             out[f"model.{key}"] = value
         elif key == "alignment_heads":

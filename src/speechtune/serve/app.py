@@ -303,18 +303,20 @@ async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: 
     return _render(result, p["format"], job.duration), job.duration
 
 
-def _render(result: dict, fmt: str, duration: float):
-    from ..transcribe import Segment, to_srt, to_vtt
-    text = result["text"]
+def _render(result, fmt: str, duration: float):
+    """A runtimes.Result in the OpenAI response format asked for."""
+    from ..formats import segment_dict, to_srt, to_vtt
+    from ..runtimes import Segment
+
+    text = result.text
     if fmt == "json":
         return {"text": text}
     if fmt == "text":
         return PlainTextResponse(text + "\n")
-    segments = result.get("segments") or ([{"id": 0, "seek": 0, "start": 0.0, "end": round(duration, 3),
-                                            "text": text}] if text else [])
+    segments = result.segments or ([Segment(0.0, round(duration, 3), text)] if text else [])
     if fmt == "srt":
-        return PlainTextResponse(to_srt([Segment(s["start"], s["end"], s["text"]) for s in segments]))
+        return PlainTextResponse(to_srt(segments, duration))
     if fmt == "vtt":
-        return PlainTextResponse(to_vtt([Segment(s["start"], s["end"], s["text"]) for s in segments]))
-    return {"task": "transcribe", "language": result.get("language") or "", "duration": round(duration, 3),
-            "text": text, "segments": segments}
+        return PlainTextResponse(to_vtt(segments, duration))
+    return {"task": "transcribe", "language": result.language or "", "duration": round(duration, 3),
+            "text": text, "segments": [segment_dict(i, s) for i, s in enumerate(segments)]}

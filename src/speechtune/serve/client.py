@@ -41,8 +41,8 @@ def request(url: str, path: str | Path, fmt: str = "text", model: str | None = N
 
 
 def transcribe_remote(args) -> int:
-    from ..transcribe import _print
-    import json
+    from ..formats import json_line, print_result
+    from ..runtimes import Segment
 
     api_key = getattr(args, "api_key", None) or os.environ.get("SPEECHTUNE_API_KEY")
     failed = 0
@@ -61,12 +61,10 @@ def transcribe_remote(args) -> int:
         if args.format == "text":
             out = body["text"]
         elif args.format == "json":
-            out = json.dumps({"file": path, "text": body["text"], "language": body.get("language"),
-                              "duration": body.get("duration"),
-                              "segments": [{"start": s["start"], "end": s["end"], "text": s["text"]}
-                                           for s in body.get("segments") or []]}, ensure_ascii=False)
+            segments = [Segment(s["start"], s["end"], s["text"]) for s in body.get("segments") or []]
+            out = json_line(path, body["text"], body.get("language"), body.get("duration"), segments)
         else:
             out = body.rstrip("\n")
-        _print(path, out, args.format, len(args.audio) > 1)
+        print_result(path, out, args.format, len(args.audio) > 1)
         sys.stdout.flush()
     return 1 if failed else 0

@@ -1,0 +1,57 @@
+"""Decoding back ends behind one interface (see base.py): transformers (hf), CTranslate2 (ct2), onnxruntime (onnx).
+
+`load_runtime(spec)` is the one place that decides which runtime reads a model: an export folder is run by
+the runtime it was made for (its speechtune_export.json, else the files it holds), anything else is loaded as
+a Hugging Face Whisper model. So an int8 CTranslate2 folder is decoded by CTranslate2, never through a
+conversion back to PyTorch weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SpeechtuneError
+from .base import (MAX_TOKENS_PER_S, DecodingOptions, Result, Segment, check_options, max_new_tokens,
+                   transcribe_many, warm_up)
+
+__all__ = ["EXPORT_META", "MAX_TOKENS_PER_S", "DecodingOptions", "Result", "Segment", "check_options", "export_format",
+           "load_runtime", "max_new_tokens", "runtime_for", "transcribe_many", "warm_up"]
+
+EXPORT_META = "speechtune_export.json"  # written by `speechtune export` into every export folder
+
+
+def export_format(spec) -> str | None:
+    """"ct2" or "onnx" for an export folder (what speechtune_export.json says, else what files it holds);
+    None for anything else (a model spec: bundled name, HF folder, .pt, hub id)."""
+    folder = Path(str(spec)).expanduser()
+    if not folder.is_dir():
+        return None
+    meta = folder / EXPORT_META
+    if meta.is_file():
+        return json.loads(meta.read_text())["format"]
+    if (folder / "model.bin").is_file() and (folder / "config.json").is_file():
+        return "ct2"
+    return "onnx" if (folder / "encoder.onnx").is_file() else None
+
+
+def load_runtime(spec, device: str | None = None, threads: int = 0, workers: int = 1):
+    """The runtime for any spec: CT2Runtime or OnnxRuntime for an export folder, else HFRuntime."""
+    fmt = export_format(spec)
+    if fmt == "ct2":
+        from .ct2 import CT2Runtime
+        return CT2Runtime(Path(str(spec)).expanduser(), device=device or "cpu", threads=threads, workers=workers)
+    if fmt == "onnx":
+        if device and device != "cpu":
+            raise SpeechtuneError(f"{spec}: an ONNX export runs on the CPU (onnxruntime)", "drop --device")
+        from .onnx import OnnxRuntime
+        return OnnxRuntime(Path(str(spec)).expanduser(), threads=threads)
+    from ..models import load_model
+    return runtime_for(load_model(spec, device=device))
+
+
+def runtime_for(model):
+    """A runtime for what a caller holds: a runtime as it is, a loaded `models.Whisper` bundle as HFRuntime."""
+    if hasattr(model, "transcribe_batch"):
+        return model
+    from .hf import HFRuntime
+    return HFRuntime(model)

@@ -1,0 +1,159 @@
+"""What every decoding back end shares: the options, the result, the language rules and the length cap.
+
+A runtime is one way of running a model (transformers' `generate`, CTranslate2, onnxruntime). Each one has
+the same surface, so a command never asks which it holds:
+
+    runtime.name            "hf" | "ct2" | "onnx"
+    runtime.path            the folder it was loaded from
+    runtime.multilingual    whether it takes a language token
+    runtime.supports        the options beyond greedy text it can honour ({"beams", "sampling", "prompt",
+                            "timestamps"}); asking for one it lacks is a one-line error (`check_options`)
+    runtime.transcribe_batch(wavs, options, languages=None, prompts=None) -> [Result]
+                            clips of at most 30 s; `languages`/`prompts` give each clip its own (None: the
+                            options'); results in the order of `wavs`
+    runtime.transcribe(wav, options) -> Result
+                            any length, with real segment times when `options.timestamps`
+
+`transcribe_many` routes a list of clips of any length through a runtime, grouped by language: the one
+loop that evaluate, compare, export's parity check and train's evaluations all decode with.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE, WINDOW_S, WINDOW_SAMPLES
+from ..errors import SpeechtuneError
+
+# No real transcript runs faster than this; a looping model stops here instead of at 448 tokens, which on a
+# CPU is the difference between 1 s and 20 s per clip. Applied alike to every model and runtime, so
+# comparisons stay fair.
+MAX_TOKENS_PER_S = 15
+# Room for the prefix and a short clip's few words on top of the per-second budget.
+MIN_NEW_TOKENS = 32
+# Whisper's decoder holds 448 positions; the prefix takes a few of them.
+MAX_NEW_TOKENS = 440
+
+
+def _opt(default, help_: str, **meta):
+    return field(default=default, metadata={"help": help_, **meta})
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to decode, for every runtime and command alike (as openai/whisper's DecodingOptions). Commands
+    take their decoding flags from these fields (config.add_dataclass_args), so no default is repeated."""
+    language: str | None = _opt(None, "language code (e.g. en, zh) for clips whose line has none; "
+                                      "multilingual models detect it when not given")
+    task: str = _opt("transcribe", "transcribe | translate (multilingual models)",
+                     choices=("transcribe", "translate"))
+    beam_size: int = _opt(1, "beams for decoding (1: greedy)")
+    temperature: float = _opt(0.0, "sampling temperature (0: deterministic)")
+    prompt: str | None = _opt(None, "text that biases the decoder (names, terms), as OpenAI's prompt")
+    timestamps: bool = _opt(False, "segments with real cue times (long-form decoding)")
+    batch_size: int = _opt(8, "clips per decoding batch")
+
+    def replace(self, **changes) -> "DecodingOptions":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    # What the back end knows of the segment; None where it does not compute it (never a made-up number).
+    tokens: list[int] = field(default_factory=list)
+    seek: int | None = None  # the window's start, in mel frames (10 ms)
+    temperature: float | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
+
+
+@dataclass
+class Result:
+    text: str
+    language: str | None
+    duration: float
+    segments: list[Segment] = field(default_factory=list)
+
+
+def max_new_tokens(seconds: float) -> int:
+    """The decoding length cap for a clip (or batch) whose longest audio lasts `seconds`."""
+    return int(min(MAX_NEW_TOKENS, MIN_NEW_TOKENS + MAX_TOKENS_PER_S * min(seconds, WINDOW_S)))
+
+
+def seconds(wav: np.ndarray) -> float:
+    return len(wav) / SAMPLE_RATE
+
+
+def check_language(runtime, language: str | None) -> None:
+    """One rule for every runtime: an English-only model takes no other language; a multilingual one takes
+    the codes it knows (`runtime.languages`)."""
+    if not language:
+        return
+    if not runtime.multilingual:
+        if language != "en":
+            raise SpeechtuneError(f"language '{language}' asked of an English-only model ({runtime.path.name})",
+                                  "use a multilingual model such as the bundled 'base'")
+        return
+    if language not in runtime.languages:
+        raise SpeechtuneError(f"unknown language '{language}' for this model",
+                              "use a Whisper language code such as en, zh, de, ja")
+
+
+def check_options(runtime, options: DecodingOptions) -> None:
+    """A one-line error when `options` ask for what the runtime cannot do, before any audio is decoded."""
+    wanted = {"beams": options.beam_size > 1, "sampling": options.temperature > 0,
+              "prompt": bool(options.prompt), "timestamps": options.timestamps}
+    missing = [k for k, on in wanted.items() if on and k not in runtime.supports]
+    if missing:
+        raise SpeechtuneError(f"{runtime.path}: the {runtime.name} runtime decodes without {', '.join(missing)}",
+                              "decode greedily as text, or use the source model (or a CTranslate2 export)")
+    if options.beam_size < 1 or options.batch_size < 1:
+        raise SpeechtuneError("--beam-size and --batch-size must be at least 1")
+    check_language(runtime, options.language)
+
+
+def decode_language(runtime, language: str | None) -> str | None:
+    """The language token a clip is decoded with: none for an English-only model."""
+    return language if runtime.multilingual else None
+
+
+def join_segments(texts: list[str]) -> str:
+    """One text from consecutive segments: a space before a segment that starts with an ASCII character
+    (Latin-script words), none before one that starts in a script written without spaces (Han, kana, ...)."""
+    texts = [t.strip() for t in texts if t.strip()]
+    return "".join((" " if i and t[:1].isascii() else "") + t for i, t in enumerate(texts))
+
+
+def transcribe_many(runtime, wavs: list[np.ndarray], options: DecodingOptions,
+                    languages: list[str | None] | None = None) -> list[str]:
+    """Texts of clips of any length, in order. Clips are grouped by language (each clip's, else the options');
+    those up to 30 s decode in batches sorted by length (padding stays out of each batch), longer ones one at a
+    time through the runtime's long-form path."""
+    languages = languages or [options.language] * len(wavs)
+    for lang in set(languages):
+        check_language(runtime, lang)
+    languages = [decode_language(runtime, lang) for lang in languages]
+    texts = [""] * len(wavs)
+    for lang in dict.fromkeys(languages):
+        opts = options.replace(language=lang)
+        idx = sorted((i for i, x in enumerate(languages) if x == lang), key=lambda i: len(wavs[i]))
+        short = [i for i in idx if len(wavs[i]) <= WINDOW_SAMPLES]
+        for start in range(0, len(short), options.batch_size):
+            part = short[start:start + options.batch_size]
+            for i, r in zip(part, runtime.transcribe_batch([wavs[i] for i in part], opts)):
+                texts[i] = r.text
+        for i in idx:
+            if len(wavs[i]) > WINDOW_SAMPLES:
+                texts[i] = runtime.transcribe(wavs[i], opts).text
+    return texts
+
+
+def warm_up(runtime, options: DecodingOptions) -> None:
+    """One untimed call: first-call setup (allocations, thread pools, a CUDA context) is not per-clip cost."""
+    runtime.transcribe_batch([np.zeros(SAMPLE_RATE, dtype=np.float32)], options.replace(language=None))
