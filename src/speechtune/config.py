@@ -35,7 +35,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         tp = _base_type(hints[f.name])
         help_ = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else (

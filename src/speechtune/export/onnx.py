@@ -29,12 +29,8 @@ The graphs are decoded by `speechtune.runtimes.onnx.OnnxRuntime`.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import SpeechtuneError
 

@@ -8,7 +8,6 @@ shape, `{"error": {"message", "type", "param", "code"}}`, naming the problem; th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import logging
 import math
@@ -22,26 +21,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SpeechtuneError
+from .config import ServeConfig
 
 log = logging.getLogger("speechtune.serve")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 MAX_PROMPT_CHARS = 2000
 # AudioError reason -> (status, what to say): undecodable bytes are an unsupported media type.
 AUDIO_STATUS = {"empty_audio": 400, "non_finite": 400, "undecodable": 415, "missing_file": 400}
-
-
-@dataclasses.dataclass
-class ServeConfig:
-    model: str = "tiny.en"
-    backend: str = "auto"  # auto (CT2 through faster-whisper) | hf
-    device: str = "cpu"
-    threads: int = 0
-    workers: int = 1  # model calls run in parallel (CT2 backend), each on threads // workers cores
-    api_key: str | None = None
-    max_upload_mb: float = 25.0
-    max_queue: int = 64
-    max_batch: int = 8
-    retry_after_s: int = 1
 
 
 class ApiError(Exception):

@@ -7,6 +7,7 @@ keep it on 127.0.0.1 unless one is set. Ctrl-C / SIGTERM stops taking requests a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -15,29 +16,21 @@ import threading
 import time
 from pathlib import Path
 
+from .config import ServeConfig
+
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="CT2 export folder, or any model spec (tiny.en, base, HF folder, .pt)")
+    from ..config import add_dataclass_args
+    p.add_argument("model", help=ServeConfig.__dataclass_fields__["model"].metadata["help"])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SPEECHTUNE_API_KEY, else open)")
-    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25)")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for the model before 503 (default: 64)")
-    p.add_argument("--batch-size", type=int, default=8, help="most requests decoded in one batch (default: 8)")
-    p.add_argument("--backend", default="auto", choices=["auto", "hf"],
-                   help="auto: CTranslate2 via faster-whisper; hf: transformers generate")
-    p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default: all cores)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="model calls run in parallel, each on threads/workers cores (CT2 backend; default: 1)")
+    add_dataclass_args(p, ServeConfig, skip=("model", "retry_after_s"))
 
 
-def config_from_args(args):
-    from .app import ServeConfig  # fastapi loads only when a server starts, not for `speechtune --help`
-    return ServeConfig(model=args.model, backend=args.backend, device=args.device, threads=args.threads,
-                       workers=args.workers,
-                       api_key=args.api_key or os.environ.get("SPEECHTUNE_API_KEY") or None,
-                       max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, max_batch=args.batch_size)
+def config_from_args(args) -> ServeConfig:
+    from ..config import build_config
+    cfg = build_config(ServeConfig, None, args)
+    return dataclasses.replace(cfg, api_key=cfg.api_key or os.environ.get("SPEECHTUNE_API_KEY") or None)
 
 
 def _uvicorn_server(cfg, host: str, port: int, backend=None, log_level: str = "info"):
@@ -51,16 +44,16 @@ def _uvicorn_server(cfg, host: str, port: int, backend=None, log_level: str = "i
 
 def main(args) -> int:
     from ..errors import SpeechtuneError
-    for name in ("max_queue", "batch_size", "workers"):
-        if getattr(args, name) < 1:
-            raise SpeechtuneError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_upload_mb <= 0:
-        raise SpeechtuneError("--max-upload-mb must be positive")
     cfg = config_from_args(args)
+    for name, flag in (("max_queue", "--max-queue"), ("max_batch", "--batch-size"), ("workers", "--workers")):
+        if getattr(cfg, name) < 1:
+            raise SpeechtuneError(f"{flag} must be at least 1")
+    if cfg.max_upload_mb <= 0:
+        raise SpeechtuneError("--max-upload-mb must be positive")
     # A wrong spec is a user mistake: say so in one line before any server starts. Non-CT2 specs are
     # converted here (once, cached), so the server's background load is only the model itself.
     from .worker import prepare_model
-    cfg.model = str(prepare_model(args.model, args.backend))
+    cfg = dataclasses.replace(cfg, model=str(prepare_model(cfg.model, cfg.backend)))
     if cfg.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} with no API key; anyone who can reach it can use it",
               file=sys.stderr)
@@ -133,7 +126,6 @@ def start_server(model, host: str = "127.0.0.1", port: int = 0, backend=None, wa
                  log_level: str = "warning", **options) -> Server:
     """Start a server in this process (a thread) and wait until its model is loaded. `options` are
     ServeConfig fields (api_key, max_upload_mb, max_queue, max_batch, threads, backend name as `kind`)."""
-    from .app import ServeConfig
     kind = options.pop("kind", "auto")
     cfg = ServeConfig(model=str(model), backend=kind, **options)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
