@@ -92,7 +92,7 @@ def test_onnx_graph_modules_equal_the_hf_model(tiny_whisper_dir):
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from speechtune.export.onnx import graph_modules
+    from speechtune.export.graphs import graph_modules
 
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
     feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))

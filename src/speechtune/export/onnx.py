@@ -40,39 +40,14 @@ COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_co
         "vocab.json", "merges.txt", "normalizer.json")
 
 
-def _attention():
-    """`speechtune::attention(q, k, v, heads)`: attention over [batch, frames, d_model] projections, as a torch
-    op of its own (eager: `scaled_dot_product_attention`) so that the exporter writes it as onnxruntime's fused
-    MultiHeadAttention. The encoder's attention over 1500 frames took 100 of tiny.en's 165 ms a clip as
-    MatMul/Softmax/MatMul with the [heads, 1500, 1500] scores in memory between them; fused, the encoder takes
-    133-140 ms. (ONNX's own Attention op, opset 23, ran no faster than the unfused graph.)"""
-    import torch
-    import torch.nn.functional as F
-
-    if hasattr(torch.ops.speechtune, "attention"):
-        return torch.ops.speechtune.attention
-
-    # the schema spelt out: this module's annotations are strings (`from __future__ import annotations`)
-    @torch.library.custom_op("speechtune::attention", mutates_args=(),
-                             schema="(Tensor q, Tensor k, Tensor v, int heads) -> Tensor")
-    def attention(q, k, v, heads):
-        b, t, d = q.shape
-        split = lambda x: x.view(b, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
-        return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, t, d)
-
-    @attention.register_fake
-    def _(q, k, v, heads):
-        return torch.empty_like(q)
-
-    return torch.ops.speechtune.attention
-
-
 @contextlib.contextmanager
 def _attention_onnx():
     """The exporter's translation of `speechtune::attention`, for the length of an export."""
     import onnx
     import onnxscript
     from onnx.defs import OpSchema
+
+    from .graphs import attention_op
 
     # onnxscript builds nodes from onnx's schema registry, which holds no onnxruntime contrib op: the part of
     # MultiHeadAttention's schema used here (scale defaults to 1/sqrt(head_dim), as in Whisper), registered
@@ -90,94 +65,10 @@ def _attention_onnx():
         return msft.MultiHeadAttention(q, k, v, num_heads=heads)
 
     try:
-        yield {_attention().default: attention}
+        yield {attention_op().default: attention}
     finally:
         if ours:
             onnx.defs.deregister_schema("MultiHeadAttention", 1, "com.microsoft")
-
-
-def graph_modules(model, untie: bool = False):
-    """The two graphs as torch modules. The encoder also projects its output into every decoder layer's
-    cross-attention keys (stored transposed) and values, once per clip; the decoder reads them instead of the
-    encoder output, so a decoding step neither redoes those projections over 1500 frames nor moves them
-    around (one input per tensor: onnxruntime copies whatever a graph splits or transposes, at every step)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..models.whisper import encoder_stem
-
-    decoder, proj_out = model.model.decoder, model.proj_out
-
-    def heads(attn, x):  # [B, T, D] -> [B, H, T, Dh]
-        return x.view(x.shape[0], x.shape[1], -1, attn.head_dim).transpose(1, 2)
-
-    def merge(attn, o, x):  # [B, H, T, Dh] -> out_proj([B, T, D])
-        return attn.out_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder, self.decoder = model.model.encoder, decoder
-
-        def forward(self, input_features):
-            e, attention = self.encoder, _attention()
-            h = encoder_stem(e, input_features)
-            for layer in e.layers:  # transformers' WhisperEncoderLayer in eval mode, the attention one op
-                a, x = layer.self_attn, layer.self_attn_layer_norm(h)
-                h = h + a.out_proj(attention(a.q_proj(x), a.k_proj(x), a.v_proj(x), a.num_heads))
-                h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
-            h = e.layer_norm(h)
-            out = []
-            for a in (layer.encoder_attn for layer in self.decoder.layers):
-                out += [heads(a, a.k_proj(h)).transpose(2, 3).contiguous(), heads(a, a.v_proj(h)).contiguous()]
-            return tuple(out)  # per layer: keys [B, H, Dh, frames], values [B, H, frames, Dh]
-
-    class Decoder(torch.nn.Module):
-        """transformers' WhisperDecoder (eval mode) on precomputed cross-attention keys/values, with a
-        self-attention cache. It reads the new tokens, the cross-attention keys/values and every layer's cached
-        self-attention keys/values (past_k_i, past_v_i), and returns the logits of the last position and the
-        cache grown by the new tokens. Slot 0 of the cache is a placeholder that no query attends to: the first
-        call passes a cache of that one slot, so no graph input is ever empty. Tests compare it with the HF
-        model."""
-
-        def __init__(self):
-            super().__init__()
-            self.decoder, self.proj_out = decoder, proj_out
-            if untie:
-                self.logits_weight = torch.nn.Parameter(proj_out.weight.detach().t().contiguous(), requires_grad=False)
-
-        def forward(self, input_ids, *memory):
-            d = self.decoder
-            cross, cache = memory[:2 * len(d.layers)], memory[2 * len(d.layers):]
-            past, new = cache[0].shape[2], input_ids.shape[1]  # past counts the placeholder
-            h = d.embed_tokens(input_ids) + d.embed_positions.weight[past - 1:past - 1 + new]
-            # new token i sits in slot past + i and sees slots 1 .. past + i
-            slots = torch.arange(past + new)
-            visible = (slots >= 1) & (slots <= past + torch.arange(new)[:, None])
-            grown = []
-            for i, layer in enumerate(d.layers):
-                a = layer.self_attn
-                x = layer.self_attn_layer_norm(h)
-                k = torch.cat([cache[2 * i], heads(a, a.k_proj(x))], dim=2)
-                v = torch.cat([cache[2 * i + 1], heads(a, a.v_proj(x))], dim=2)
-                grown += [k, v]
-                # as transformers' WhisperAttention: q scaled before the product, no scaling inside it
-                q = heads(a, a.q_proj(x) * a.scaling)
-                h = h + merge(a, F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=1.0), x)
-                a = layer.encoder_attn
-                x = layer.encoder_attn_layer_norm(h)
-                q = heads(a, a.q_proj(x) * a.scaling)
-                h = h + merge(a, torch.softmax(q @ cross[2 * i], dim=-1) @ cross[2 * i + 1], x)
-                h = h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
-            h = d.layer_norm(h[:, -1:])
-            logits = (h @ self.logits_weight)[:, 0] if untie else self.proj_out(h)[:, 0]
-            return (logits, *grown)
-
-        def empty_cache(self, batch: int) -> list:
-            a = self.decoder.layers[0].self_attn
-            return [torch.zeros(batch, a.num_heads, 1, a.head_dim)] * (2 * len(self.decoder.layers))
-
-    return Encoder().eval(), Decoder().eval()
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "float32") -> None:
@@ -189,6 +80,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
     import torch
 
     from ..models import load_model
+    from .graphs import graph_modules
 
     if quantization not in QUANTIZATIONS:
         raise SpeechtuneError(f"unknown ONNX quantization '{quantization}'", f"use one of {', '.join(QUANTIZATIONS)}")
@@ -221,23 +113,30 @@ def export_onnx(model_dir: str | Path, out: str | Path, quantization: str = "flo
                           dynamic_shapes=({0: batch, 1: tokens},  # *memory: one tuple
                                           ({0: batch},) * len(cross) + ({0: batch, 2: past},) * len(cache)))
     if quantization == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        for name in ("encoder", "decoder"):
-            src = out / f"{name}.onnx"
-            tmp = out / f"{name}.int8.onnx"
-            # one scale per output channel: per-tensor scales cost tiny.en 1 pt of WER on real English
-            # (5.78% against fp32's 4.82%, failing the parity check); per channel kept it within 0.2 pt
-            logging.disable(logging.WARNING)  # its advice to pre-process models goes to the root logger
-            try:
-                # the convolutions stay fp32: onnxruntime's ConvInteger took 36 ms of the encoder's 197 (batch 1),
-                # its fp32 Conv 11 ms; the other op types it would quantize (Transpose, ...) only add copies
-                quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=["MatMul", "Gather"])
-            finally:
-                logging.disable(logging.NOTSET)
-            for f in out.glob(f"{name}.onnx*"):  # the float graph and any external-data file beside it
-                f.unlink()
-            tmp.rename(src)
+        _quantize_int8(out)
     for name in COPY:
         if (model_dir / name).is_file():
             shutil.copy(model_dir / name, out / name)
+
+
+def _quantize_int8(out: Path) -> None:
+    """Replace encoder.onnx and decoder.onnx in `out` by their dynamically quantized int8 versions."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    for name in ("encoder", "decoder"):
+        src = out / f"{name}.onnx"
+        tmp = out / f"{name}.int8.onnx"
+        # one scale per output channel: per-tensor scales cost tiny.en 1 pt of WER on real English
+        # (5.78% against fp32's 4.82%, failing the parity check); per channel kept it within 0.2 pt
+        logging.disable(logging.WARNING)  # its advice to pre-process models goes to the root logger
+        try:
+            # the convolutions stay fp32: onnxruntime's ConvInteger took 36 ms of the encoder's 197 (batch 1),
+            # its fp32 Conv 11 ms; the other op types it would quantize (Transpose, ...) only add copies
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gather"])
+        finally:
+            logging.disable(logging.NOTSET)
+        for f in out.glob(f"{name}.onnx*"):  # the float graph and any external-data file beside it
+            f.unlink()
+        tmp.rename(src)

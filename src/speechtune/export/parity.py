@@ -12,7 +12,7 @@ from ..evaluation import load_rows, score_language, score_rows, transcribe_rows
 from ..runtimes import DecodingOptions, load_runtime, warm_up
 
 
-def check(model_dir, runtime, data, max_wer_delta: float = 0.5, options: DecodingOptions | None = None,
+def check(model_dir, runtime, data, max_wer_delta: float, options: DecodingOptions | None = None,
           progress: bool = True) -> dict:
     """Score PyTorch (HF generate, fp32, on the CPU) and the export `runtime` on `data`; raise ParityError
     with both figures when they differ by more than `max_wer_delta` percentage points."""

@@ -116,24 +116,9 @@ def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
     metrics = Metrics()
     state = {"worker": None, "error": None, "backend": None}
 
-    def load():
-        try:
-            from .worker import Worker, load_backend
-            b = backend or load_backend(cfg.model, cfg.backend, cfg.device, cfg.threads, cfg.workers)
-            state["backend"] = b
-            state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe,
-                                     threads=cfg.workers if b.name == "ct2" else 1)
-            metrics.ready.set(1)
-            log.info("model ready: %s (%s backend)", b.path, b.name)
-        except SpeechtuneError as e:
-            log.error("model failed to load: %s", e)
-            state["error"] = str(e)
-        except Exception as e:  # shown on /health and in the log; the process stays up to say so
-            log.exception("model failed to load")
-            state["error"] = f"{e.__class__.__name__}: {e}"
-
     async def lifespan(app):
-        threading.Thread(target=load, name="speechtune-load", daemon=True).start()
+        threading.Thread(target=_load, args=(cfg, backend, state, metrics), name="speechtune-load",
+                         daemon=True).start()
         yield
         # uvicorn has already let in-flight requests finish; this drains anything still queued.
         if state["worker"]:
@@ -141,7 +126,32 @@ def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
 
     app = FastAPI(title="speechtune", lifespan=lifespan)
     app.state.metrics, app.state.serve = metrics, state
+    _add_error_handlers(app, metrics)
+    app.add_middleware(BodyLimit, limit=int(cfg.max_upload_mb * 2**20))
+    _add_routes(app, cfg, state, metrics)
+    return app
 
+
+def _load(cfg: ServeConfig, backend, state: dict, metrics: Metrics) -> None:
+    """Load the runtime and start the worker; a failure is kept in `state` for /health and the log."""
+    try:
+        from .worker import Worker, load_backend
+        b = backend or load_backend(cfg.model, cfg.backend, cfg.device, cfg.threads, cfg.workers)
+        state["backend"] = b
+        state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe,
+                                 threads=cfg.workers if b.name == "ct2" else 1)
+        metrics.ready.set(1)
+        log.info("model ready: %s (%s backend)", b.path, b.name)
+    except SpeechtuneError as e:
+        log.error("model failed to load: %s", e)
+        state["error"] = str(e)
+    except Exception as e:  # shown on /health and in the log; the process stays up to say so
+        log.exception("model failed to load")
+        state["error"] = f"{e.__class__.__name__}: {e}"
+
+
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Every error as OpenAI's JSON error object; every response counted by endpoint and status."""
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
         return error_response(e.status, e.message, e.code, e.param, e.headers)
@@ -163,8 +173,9 @@ def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
-    app.add_middleware(BodyLimit, limit=int(cfg.max_upload_mb * 2**20))
 
+def _add_routes(app: FastAPI, cfg: ServeConfig, state: dict, metrics: Metrics) -> None:
+    """/health, /metrics and POST /v1/audio/transcriptions."""
     @app.get("/health")
     async def health():
         if state["worker"]:
@@ -191,8 +202,6 @@ def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
         metrics.latency.observe(time.perf_counter() - t0)
         metrics.audio.inc(seconds)
         return response
-
-    return app
 
 
 def _check_key(request: Request, cfg: ServeConfig) -> None:
