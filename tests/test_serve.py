@@ -284,12 +284,16 @@ def test_transcribe_cli_against_server(tiny_en_ct2, clip, capsys, tmp_path):
 
 
 @pytest.mark.e2e
-def test_any_spec_is_exported_to_ct2_in_cache_or_served_through_hf(clip):
+def test_any_spec_is_exported_to_ct2_in_cache_or_served_through_hf(clip, tiny_whisper_dir):
     from speechtune.models import cache_dir
-    with start_server("tiny.en") as s:
+    from speechtune.models.registry import bundled_ct2
+    with start_server("tiny.en") as s:  # the shipped CT2 folder itself, int8 on load: no CT2 -> HF -> CT2
         h = httpx.get(s.url + "/health").json()
-        assert h["backend"] == "ct2" and h["model"].startswith(str(cache_dir() / "serve"))
+        assert h["backend"] == "ct2" and h["model"] == str(bundled_ct2("tiny.en"))
+        assert s.app.state.serve["backend"].fw.model.compute_type == "int8_float32"
         assert "lazy dog" in post(s.url, clip.read_bytes()).json()["text"].lower()
+    with start_server(tiny_whisper_dir) as s:  # an HF folder: exported once to CT2 int8 in the cache
+        assert httpx.get(s.url + "/health").json()["model"].startswith(str(cache_dir() / "serve"))
     with start_server("tiny.en", kind="hf") as s:
         assert httpx.get(s.url + "/health").json()["backend"] == "hf"
         assert "lazy dog" in post(s.url, clip.read_bytes()).json()["text"].lower()

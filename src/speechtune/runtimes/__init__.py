@@ -34,12 +34,14 @@ def export_format(spec) -> str | None:
     return "onnx" if (folder / "encoder.onnx").is_file() else None
 
 
-def load_runtime(spec, device: str | None = None, threads: int = 0, workers: int = 1):
-    """The runtime for any spec: CT2Runtime or OnnxRuntime for an export folder, else HFRuntime."""
+def load_runtime(spec, device: str | None = None, threads: int = 0, workers: int = 1, compute: str | None = None):
+    """The runtime for any spec: CT2Runtime or OnnxRuntime for an export folder, else HFRuntime. `compute`
+    overrides a CT2 folder's compute type (CTranslate2 converts the weights as it loads them)."""
     fmt = export_format(spec)
     if fmt == "ct2":
         from .ct2 import CT2Runtime
-        return CT2Runtime(Path(str(spec)).expanduser(), device=device or "cpu", threads=threads, workers=workers)
+        return CT2Runtime(Path(str(spec)).expanduser(), device=device or "cpu", compute=compute, threads=threads,
+                          workers=workers)
     if fmt == "onnx":
         if device and device != "cpu":
             raise SpeechtuneError(f"{spec}: an ONNX export runs on the CPU (onnxruntime)", "drop --device")

@@ -69,7 +69,11 @@ class CT2Runtime:
         # in the last digits, enough to flip a word of a fine-tuned model and fail the parity check.
         if self._fe is None:
             from transformers import WhisperFeatureExtractor
-            self._fe = WhisperFeatureExtractor.from_pretrained(self.path)
+            # a folder as CTranslate2's converter leaves it (the bundled ones) has no preprocessor_config.json:
+            # Whisper's defaults with the model's own number of mel bins are what it would hold
+            self._fe = (WhisperFeatureExtractor.from_pretrained(self.path)
+                        if (self.path / "preprocessor_config.json").is_file()
+                        else WhisperFeatureExtractor(feature_size=self.fw.model.n_mels))
         return self._fe(wav, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
 
     def transcribe_batch(self, wavs: list[np.ndarray], options: DecodingOptions,

@@ -1,7 +1,8 @@
 """Serve a model over HTTP with an OpenAI-compatible API: POST /v1/audio/transcriptions, /health, /metrics.
 
-MODEL is a CTranslate2 export (served through faster-whisper) or any other model spec, which is exported
-once to CTranslate2 int8 in the cache (`--backend hf` serves it through transformers instead). The API key
+MODEL is a CTranslate2 export (served through faster-whisper), a bundled model (its shipped CTranslate2 folder,
+int8 on load) or any other model spec, which is exported once to CTranslate2 int8 in the cache (`--backend
+hf` serves it through transformers instead). The API key
 comes from --api-key or the SPEECHTUNE_API_KEY environment variable; without one the server is open, so
 keep it on 127.0.0.1 unless one is set. Ctrl-C / SIGTERM stops taking requests and finishes those in flight.
 """

@@ -8,8 +8,9 @@ and requests for segments go one at a time through the runtime's long-form path.
 
 Runtimes (speechtune.runtimes):
 - ct2 (default): a CTranslate2 folder through faster-whisper, which covers the whole API (prompts, sampling,
-  timestamps) on CPU and CUDA, and mixes languages and prompts within one batch. Any other model spec is
-  resolved to a Hugging Face folder and exported once to CT2 int8 in the cache. (The ONNX export decodes
+  timestamps) on CPU and CUDA, and mixes languages and prompts within one batch. A bundled model runs from
+  the CT2 folder it ships as, quantized to int8 as it loads; any other model spec is resolved to a Hugging
+  Face folder and exported once to CT2 int8 in the cache. (The ONNX export decodes
   faster on CPU, but greedily only, without prompts or timestamps: it is not a serving runtime.)
 - hf: transformers `generate` (`--backend hf`), for when CT2 is not wanted.
 """
@@ -59,13 +60,17 @@ class Job:
 
 
 def ct2_for(spec, quantization: str = "int8") -> Path:
-    """A CT2 folder for any spec: itself if it is one, else an export cached by the weights' content hash."""
+    """A CT2 folder for any spec: itself if it is one, the shipped CT2 folder for a bundled model (CTranslate2
+    quantizes it as it loads, see load_backend), else an export cached by the weights' content hash."""
     from ..export import convert
-    from ..models import resolve_model
+    from ..models import BUNDLED, resolve_model
+    from ..models.registry import bundled_ct2
 
     path = Path(str(spec)).expanduser()
     if export_format(path) == "ct2":
         return path
+    if str(spec) in BUNDLED:
+        return bundled_ct2(str(spec))
     hf = resolve_model(spec)
     key = hash_files(*sorted(hf.glob("*.safetensors")), hf / "config.json")
     out = cache_dir() / "serve" / f"ct2-{quantization}-{key}"
@@ -92,8 +97,12 @@ def prepare_model(spec, backend: str = "auto") -> Path:
 
 def load_backend(spec, backend: str = "auto", device: str = "cpu", threads: int = 0, workers: int = 1):
     """The runtime serving `spec`: ct2 unless `backend` is "hf"."""
+    from ..models.registry import is_bundled_folder
     folder = prepare_model(spec, backend)
-    return load_runtime(folder, device=device, threads=threads, workers=workers)
+    # a bundled model is served from its shipped (float) CT2 folder, quantized to int8 as it loads: the
+    # int8 a CT2 export would have, without converting CT2 -> HF -> CT2
+    compute = "int8" if backend != "hf" and is_bundled_folder(folder) else None
+    return load_runtime(folder, device=device, threads=threads, workers=workers, compute=compute)
 
 
 class Worker:
