@@ -16,6 +16,11 @@ import yaml
 from .errors import SpeechtuneError
 
 
+def option(default, help_: str, **meta):
+    """A dataclass field with the help text (and choices, or a "flag" name) its CLI flag is made from."""
+    return dataclasses.field(default=default, metadata={"help": help_, **meta})
+
+
 def _base_type(tp):
     # Optional[X] / X | None -> X; list[X] stays list.
     origin = typing.get_origin(tp)

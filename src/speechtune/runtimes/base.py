@@ -7,7 +7,7 @@ the same surface, so a command never asks which it holds:
     runtime.path            the folder it was loaded from
     runtime.multilingual    whether it takes a language token
     runtime.supports        the options beyond greedy text it can honour ({"beams", "sampling", "prompt",
-                            "timestamps"}); asking for one it lacks is a one-line error (`check_options`)
+                            "timestamps", "translate"}); asking for one it lacks is a one-line error (`check_options`)
     runtime.transcribe_batch(wavs, options, languages=None, prompts=None) -> [Result]
                             clips of at most 30 s; `languages`/`prompts` give each clip its own (None: the
                             options'); results in the order of `wavs`
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..audio import SAMPLE_RATE, WINDOW_S, WINDOW_SAMPLES
+from ..config import option
 from ..errors import SpeechtuneError
 
 # No real transcript runs faster than this; a looping model stops here instead of at 448 tokens, which on a
@@ -37,23 +38,19 @@ MIN_NEW_TOKENS = 32
 MAX_NEW_TOKENS = 440
 
 
-def _opt(default, help_: str, **meta):
-    return field(default=default, metadata={"help": help_, **meta})
-
-
 @dataclass(frozen=True)
 class DecodingOptions:
     """How to decode, for every runtime and command alike (as openai/whisper's DecodingOptions). Commands
     take their decoding flags from these fields (config.add_dataclass_args), so no default is repeated."""
-    language: str | None = _opt(None, "language code (e.g. en, zh) for clips whose line has none; "
+    language: str | None = option(None, "language code (e.g. en, zh) for clips whose line has none; "
                                       "multilingual models detect it when not given")
-    task: str = _opt("transcribe", "transcribe | translate (multilingual models)",
+    task: str = option("transcribe", "transcribe | translate (multilingual models)",
                      choices=("transcribe", "translate"))
-    beam_size: int = _opt(1, "beams for decoding (1: greedy)")
-    temperature: float = _opt(0.0, "sampling temperature (0: deterministic)")
-    prompt: str | None = _opt(None, "text that biases the decoder (names, terms), as OpenAI's prompt")
-    timestamps: bool = _opt(False, "segments with real cue times (long-form decoding)")
-    batch_size: int = _opt(8, "clips per decoding batch")
+    beam_size: int = option(1, "beams for decoding (1: greedy)")
+    temperature: float = option(0.0, "sampling temperature (0: deterministic)")
+    prompt: str | None = option(None, "text that biases the decoder (names, terms), as OpenAI's prompt")
+    timestamps: bool = option(False, "segments with real cue times (long-form decoding)")
+    batch_size: int = option(8, "clips per decoding batch")
 
     def replace(self, **changes) -> "DecodingOptions":
         return dataclasses.replace(self, **changes)
@@ -108,7 +105,8 @@ def check_language(runtime, language: str | None) -> None:
 def check_options(runtime, options: DecodingOptions) -> None:
     """A one-line error when `options` ask for what the runtime cannot do, before any audio is decoded."""
     wanted = {"beams": options.beam_size > 1, "sampling": options.temperature > 0,
-              "prompt": bool(options.prompt), "timestamps": options.timestamps}
+              "prompt": bool(options.prompt), "timestamps": options.timestamps,
+              "translate": options.task == "translate"}
     missing = [k for k, on in wanted.items() if on and k not in runtime.supports]
     if missing:
         raise SpeechtuneError(f"{runtime.path}: the {runtime.name} runtime decodes without {', '.join(missing)}",

@@ -52,7 +52,7 @@ def _suppressors(generation_config):
 class HFRuntime:
     """A loaded `models.Whisper` bundle (model + processor), decoded with `generate`."""
     name = "hf"
-    supports = frozenset({"beams", "sampling", "prompt", "timestamps"})
+    supports = frozenset({"beams", "sampling", "prompt", "timestamps", "translate"})
 
     def __init__(self, whisper):
         self.whisper = whisper

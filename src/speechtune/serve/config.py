@@ -4,23 +4,21 @@ Kept apart from app.py so that `speechtune --help` does not import FastAPI.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-def _opt(default, help_: str, **meta):
-    return field(default=default, metadata={"help": help_, **meta})
+from ..config import option
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str = _opt("tiny.en", "CT2 export folder, or any model spec (tiny.en, base, HF folder, .pt)")
-    backend: str = _opt("auto", "auto: CTranslate2 via faster-whisper; hf: transformers generate",
+    model: str = option("tiny.en", "CT2 export folder, or any model spec (tiny.en, base, HF folder, .pt)")
+    backend: str = option("auto", "auto: CTranslate2 via faster-whisper; hf: transformers generate",
                         choices=("auto", "hf"))
-    device: str = _opt("cpu", "cpu | cuda")
-    threads: int = _opt(0, "CPU threads for the model (0: all cores)")
-    workers: int = _opt(1, "model calls run in parallel, each on threads/workers cores (CT2 backend)")
-    api_key: str | None = _opt(None, "require 'Authorization: Bearer KEY' (else $SPEECHTUNE_API_KEY, else open)")
-    max_upload_mb: float = _opt(25.0, "largest upload accepted, in MB")
-    max_queue: int = _opt(64, "requests waiting for the model before 503")
-    max_batch: int = _opt(8, "most requests decoded in one batch", flag="--batch-size")
-    retry_after_s: int = _opt(1, "Retry-After seconds sent with a 503 for a full queue")
+    device: str = option("cpu", "cpu | cuda")
+    threads: int = option(0, "CPU threads for the model (0: all cores)")
+    workers: int = option(1, "model calls run in parallel, each on threads/workers cores (CT2 backend)")
+    api_key: str | None = option(None, "require 'Authorization: Bearer KEY' (else $SPEECHTUNE_API_KEY, else open)")
+    max_upload_mb: float = option(25.0, "largest upload accepted, in MB")
+    max_queue: int = option(64, "requests waiting for the model before 503")
+    max_batch: int = option(8, "most requests decoded in one batch", flag="--batch-size")
+    retry_after_s: int = option(1, "Retry-After seconds sent with a 503 for a full queue")
