@@ -45,9 +45,9 @@ def model_spec() -> tuple[str, bool]:
 
 
 def child(cfg: dict) -> None:
-    from speechtune.plan.estimate import calibrate
+    from speechtune.plan.calibrate import calibrate
     res = calibrate(cfg["model"], cfg["mode"], cfg["batch"], steps=cfg["steps"], device=cfg["device"],
-                    precision=cfg["precision"], label_tokens=cfg["labels"], grad_checkpointing=cfg["ckpt"],
+                    precision=cfg["precision"], label_tokens=cfg["labels"], gradient_checkpointing=cfg["ckpt"],
                     load_weights=cfg["load_weights"], progress=False, max_step_seconds=600)
     print("RESULT " + json.dumps(res))
 
@@ -96,7 +96,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for cfg, res in results:
         est = estimate(spec, cfg["mode"], cfg["batch"], precision=precision, label_tokens=cfg["labels"],
-                       grad_checkpointing=cfg["ckpt"], device=dev, gpus=["A10"], recommend=False)
+                       gradient_checkpointing=cfg["ckpt"], device=dev, gpus=["A10"], recommend=False)
         pred_mem = est.memory["total"] - est.memory["weights"] - est.memory["overhead"]
         meas_mem = res["measured_peak_bytes"]
         pred_t, meas_t = est.flops_per_step / ref_flops, res[key]

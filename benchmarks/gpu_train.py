@@ -76,7 +76,8 @@ def steady_rate(log: Path, batch: int, from_step: int) -> float | None:
 
 
 def run(mode: str, model: Path, data: Path, out: Path, args) -> dict:
-    from speechtune.plan.estimate import estimate
+    from speechtune.plan.estimate import estimate_setup
+    from speechtune.plan.setup import setup_from_config
     from speechtune.train.data import load_split
     from speechtune.train.recipe import TrainConfig, train
 
@@ -88,12 +89,9 @@ def run(mode: str, model: Path, data: Path, out: Path, args) -> dict:
     train(cfg, progress=False)
     s = json.loads((out / mode / "training_summary.json").read_text())
     steps_per_epoch = -(-len(load_split(data / "train.jsonl")) // args.batch_size)
-    est = estimate(str(model), mode, args.batch_size, precision="bf16" if args.precision == "auto" else
-                   ("fp32" if args.precision == "no" else args.precision),
-                   grad_checkpointing=args.gradient_checkpointing, lora_rank=cfg.lora_r,
-                   lora_targets=cfg.lora_targets, lora_dropout=cfg.lora_dropout, lora_encoder=cfg.lora_encoder,
-                   label_tokens=args.label_tokens, device="cuda" if s["device"].startswith("cuda") else "cpu",
-                   recommend=False)
+    # the run train just did: its config, with the precision and device it resolved and the longest label
+    setup = setup_from_config(cfg, precision=s["precision"], device=s["device"], label_tokens=args.label_tokens)
+    est = estimate_setup(str(model), setup, recommend=False)
     return {"mode": mode, "device": s["device"], "precision": s["precision"], "steps": s["steps"],
             "samples_per_s_all": s["samples_per_s"],
             "samples_per_s_steady": steady_rate(out / mode / "train_log.jsonl", args.batch_size, steps_per_epoch + 1),

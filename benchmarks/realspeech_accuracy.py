@@ -14,16 +14,15 @@ from pathlib import Path
 from speechtune.audio import load_audio
 from speechtune.manifest import read_manifest
 from speechtune.metrics.score import score_corpus
-from speechtune.models import load_model
-from speechtune.transcribe import transcribe_batch
+from speechtune.runtimes import DecodingOptions, load_runtime, transcribe_many
 
 
 def run(spec: str, manifest: Path, language: str) -> dict:
     rows = read_manifest(manifest)
     wavs = [load_audio(r["audio"]) for r in rows]
-    whisper = load_model(spec, device="cpu")
+    runtime = load_runtime(spec, device="cpu")
     start = time.perf_counter()
-    hyps = transcribe_batch(whisper, wavs, language=language if whisper.multilingual else None, batch_size=8)
+    hyps = transcribe_many(runtime, wavs, DecodingOptions(language=language if runtime.multilingual else None))
     elapsed = time.perf_counter() - start
     scores = score_corpus([r["text"] for r in rows], hyps, language=language)
     audio_s = sum(len(w) for w in wavs) / 16000

@@ -80,11 +80,11 @@ def eval_set(manifest: Path, limit: int = 200):
 def score(model, processor, path, data) -> float:
     from speechtune.metrics.score import score_corpus
     from speechtune.models.registry import Whisper
-    from speechtune.transcribe import transcribe_batch
+    from speechtune.runtimes import DecodingOptions, runtime_for, transcribe_many
 
     wavs, refs = data
     model.eval()
-    hyps = transcribe_batch(Whisper(model, processor, path, False), wavs, None, 16)
+    hyps = transcribe_many(runtime_for(Whisper(model, processor, path, False)), wavs, DecodingOptions(batch_size=16))
     model.train()
     return score_corpus(refs, hyps, language="en")["error_rate"]
 

@@ -11,8 +11,11 @@ import transformers
 
 from speechtune.cli import main as cli_main
 from speechtune.plan import catalog
-from speechtune.plan.estimate import (CUDA_OVERHEAD, GiB, Setup, calibrate, estimate, format_summary, memory,
-                                      model_info, step_blocks, trainable_by_block)
+from speechtune.plan.calibrate import calibrate
+from speechtune.plan.estimate import estimate, format_summary
+from speechtune.plan.info import model_info
+from speechtune.plan.memory import CUDA_OVERHEAD, GiB, memory, step_blocks, trainable_by_block
+from speechtune.plan.setup import Setup, setup_from_config
 
 CLASSES = {"whisper": (transformers.WhisperConfig, transformers.WhisperForConditionalGeneration),
            "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2ForCTC),
@@ -21,6 +24,8 @@ CLASSES = {"whisper": (transformers.WhisperConfig, transformers.WhisperForCondit
 # must describe those models, not just any model.
 PUBLISHED_M = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large-v3": 1550, "large-v3-turbo": 809,
                "wav2vec2-base": 95, "wav2vec2-large": 317, "hubert-base": 95, "hubert-large": 316}
+# estimate()'s own LoRA defaults, which these tests were written against (Setup's are speechtune train's)
+OWN_LORA = dict(lora_r=16, lora_targets=("q_proj", "v_proj"), lora_encoder=True)
 
 
 @pytest.mark.parametrize("name", list(catalog.ARCHITECTURES))
@@ -80,8 +85,8 @@ def _prepare(model, mode, family="whisper"):
 def _setup(mode, **kw):
     if mode == "lora-decoder":
         return Setup(mode="lora", lora_encoder=False, lora_targets=("q_proj", "v_proj", "fc1"), lora_dropout=0.1,
-                     lora_rank=4, **kw)
-    return Setup(mode=mode, lora_rank=4, **kw)
+                     lora_r=4, **kw)
+    return Setup(mode=mode, **{**OWN_LORA, "lora_r": 4}, **kw)
 
 
 @pytest.mark.parametrize("mode,precision", [("full", "fp32"), ("freeze-encoder", "fp32"), ("lora", "fp32"),
@@ -131,8 +136,8 @@ def test_ctc_saved_activations_match_autograd(mode):
     audio = torch.randn(B, int(seconds * 16000))
     labels = torch.randint(1, 20, (B, 10))
     saved, out = _saved_bytes(model, lambda: model(input_values=audio, labels=labels))
-    s = Setup(mode=mode, batch_size=B, precision="fp32", label_tokens=10, device="cpu", lora_rank=4,
-              audio_seconds=seconds)
+    s = Setup(mode=mode, batch_size=B, precision="fp32", label_tokens=10, device="cpu",
+              **{**OWN_LORA, "lora_r": 4}, audio_seconds=seconds)
     blocks, _ = step_blocks(model_info(cfg), s)
     assert sum(b.act for b in blocks) == pytest.approx(saved, rel=0.01)
     assert sum(trainable_by_block(model_info(cfg), s).values()) == sum(
@@ -155,7 +160,8 @@ def test_memory_arithmetic_by_hand():
     assert eight["optimizer"] == pytest.approx(n_train * (2 + 8 / 256))
     assert eight["overhead"] == CUDA_OVERHEAD
     # LM head at batch 1, 448 labels: log-softmax output kept in fp32, 448 x 51864 x 4 bytes
-    blocks, persistent = step_blocks(info, Setup(mode="lora", batch_size=1, precision="fp32", label_tokens=448))
+    blocks, persistent = step_blocks(info, Setup(mode="lora", batch_size=1, precision="fp32", label_tokens=448,
+                                                 **OWN_LORA))
     assert blocks[-1].act == 448 * 51864 * 4
     assert persistent == 448 * 51864 * 4         # the logits the model output holds
 
@@ -164,11 +170,12 @@ def test_memory_moves_the_right_way():
     info = model_info("small")
     base = dict(batch_size=8, label_tokens=128)
     full = memory(info, Setup(mode="full", **base))
-    assert memory(info, Setup(mode="full", grad_checkpointing=True, **base))["activations"] < full["activations"] / 3
+    ckpt = memory(info, Setup(mode="full", gradient_checkpointing=True, **base))
+    assert ckpt["activations"] < full["activations"] / 3
     # autocast halves matmul outputs, but layer norms and the residual stream stay fp32 and every linear
     # keeps its own bf16 copy of its input
     assert memory(info, Setup(mode="full", precision="fp32", **base))["activations"] > 1.25 * full["activations"]
-    lora = memory(info, Setup(mode="lora", **base))
+    lora = memory(info, Setup(mode="lora", **OWN_LORA, **base))
     assert lora["optimizer"] < full["optimizer"] / 50
     assert lora["activations"] < full["activations"]
     frozen = memory(info, Setup(mode="freeze-encoder", **base))
@@ -216,8 +223,8 @@ def test_max_batch_is_the_largest_that_fits():
     row = est.gpus[0]
     budget = row.memory_gib * GiB * 0.92
     info = model_info("small")
-    assert memory(info, Setup(batch_size=row.max_batch))["total"] <= budget
-    assert memory(info, Setup(batch_size=row.max_batch + 1))["total"] > budget
+    assert memory(info, Setup(mode="full", batch_size=row.max_batch))["total"] <= budget
+    assert memory(info, Setup(mode="full", batch_size=row.max_batch + 1))["total"] > budget
 
 
 def test_loaded_model_and_config_give_the_same_estimate(tmp_path):
@@ -240,13 +247,13 @@ def test_decoder_only_lora_matches_peft_and_freezes_the_encoder():
     model = transformers.WhisperForConditionalGeneration(cfg)
     targets = r".*decoder\.layers\.\d+\.(.*\.)?(q_proj|v_proj|fc1)"     # how speechtune train targets the decoder
     model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=targets))
-    s = Setup(mode="lora", lora_rank=8, lora_targets=("q_proj", "v_proj", "fc1"), lora_encoder=False,
+    s = Setup(mode="lora", lora_r=8, lora_targets=("q_proj", "v_proj", "fc1"), lora_encoder=False,
               batch_size=4, label_tokens=16)
     info = model_info(cfg)
     assert sum(trainable_by_block(info, s).values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
     blocks, _ = step_blocks(info, s)
     assert all(b.act == 0 and b.bwd == 0 for b in blocks if b.name.startswith("encoder layer"))
-    both = memory(info, Setup(mode="lora", lora_rank=8, lora_targets=("q_proj", "v_proj", "fc1"),
+    both = memory(info, Setup(mode="lora", lora_r=8, lora_targets=("q_proj", "v_proj", "fc1"), lora_encoder=True,
                               batch_size=4, label_tokens=16))
     assert memory(info, s)["activations"] < both["activations"]
 
@@ -268,7 +275,7 @@ def test_summary_from_a_training_config():
         device: str = "cpu"
 
     text = format_summary(TrainLike(), 100, label_tokens=32)
-    direct = estimate("tiny.en", "lora", 4, grad_accum=2, precision="fp32", lora_rank=8, lora_encoder=False,
+    direct = estimate("tiny.en", "lora", 4, grad_accum=2, precision="fp32", lora_r=8, lora_encoder=False,
                       label_tokens=32, device="cpu", gpus=["A10"])
     assert text.startswith("estimate: tiny.en lora, fp32, batch 4 x2")
     assert f"peak {direct.memory['total'] / GiB:.1f} GiB" in text
@@ -325,8 +332,36 @@ def _train_lora_trainable(spec: str) -> int:
 def test_cli_defaults_are_train_defaults():
     """`speechtune estimate --model X` describes the run that `speechtune train --model X` would do."""
     from speechtune.plan.recipe import EstimateConfig
-    from speechtune.train.recipe import TrainConfig
+    from speechtune.train.config import TrainConfig
 
     e, t = EstimateConfig(), TrainConfig()
     assert (e.mode, e.lora_r, e.lora_targets, e.lora_dropout, e.lora_encoder) == (
         t.mode, t.lora_r, t.lora_targets, t.lora_dropout, t.lora_encoder)
+    assert (e.batch_size, e.grad_accum, e.gradient_checkpointing) == (
+        t.batch_size, t.grad_accum, t.gradient_checkpointing)
+
+
+def test_setup_takes_train_config_names_and_defaults():
+    from speechtune.train.config import TrainConfig
+
+    t = TrainConfig(device="cpu")
+    s = setup_from_config(t)
+    assert s == Setup(device="cpu", precision="fp32")        # train's defaults; "auto" on a CPU is fp32
+    assert (s.mode, s.batch_size, s.grad_accum, s.gradient_checkpointing, s.lora_r, s.lora_targets,
+            s.lora_dropout, s.lora_encoder) == (t.mode, t.batch_size, t.grad_accum, t.gradient_checkpointing,
+                                                t.lora_r, tuple(t.lora_targets), t.lora_dropout, t.lora_encoder)
+    s = setup_from_config(TrainConfig(device="cuda:1", precision="no", mode="lora", lora_r=4), label_tokens=32)
+    assert (s.device, s.precision, s.mode, s.lora_r, s.label_tokens) == ("cuda", "fp32", "lora", 4, 32)
+
+
+def test_old_option_names_still_work(capsys):
+    new = estimate("tiny.en", "lora", 2, lora_r=8, gradient_checkpointing=True, gpus=["A10"], recommend=False)
+    with pytest.warns(DeprecationWarning):
+        old = estimate("tiny.en", "lora", 2, lora_rank=8, grad_checkpointing=True, gpus=["A10"], recommend=False)
+    assert old.to_dict() == new.to_dict() and new.lora_rank == 8 and new.grad_checkpointing
+    args = ["estimate", "--model", "tiny.en", "--mode", "full", "--json", "--gpu", "A10"]
+    assert cli_main(args + ["--gradient-checkpointing"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert cli_main(args + ["--grad-checkpointing"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == new and new["grad_checkpointing"] and "deprecated" in out.err

@@ -432,9 +432,8 @@ def _synth_split(sentences: list[str], d: Path, name: str, seed: int) -> None:
 def test_e2e_tiny_en_learns_drug_names(tmp_path):
     """Real tiny.en mishears drug names ("metoprolol" -> "me to prong"); held-out sentences (new templates,
     new pairs of drugs) must lose more than half their errors after a short freeze-encoder run."""
-    from speechtune.models import load_model
+    from speechtune.runtimes import DecodingOptions, load_runtime, transcribe_many
     from speechtune.train.recipe import TrainConfig, train
-    from speechtune.transcribe import transcribe_batch
     from speechtune.train.data import read_wav
     from speechtune.metrics.score import score_corpus
 
@@ -454,8 +453,8 @@ def test_e2e_tiny_en_learns_drug_names(tmp_path):
     assert best < base / 2, (base, best)
     # The saved folder transcribes held-out clips as well as the in-training evaluation said.
     rows = [json.loads(l) for l in (tmp_path / "data" / "valid.jsonl").read_text().splitlines()]
-    tuned = load_model(out, device="cpu")
-    hyps = transcribe_batch(tuned, [read_wav({"audio": str(tmp_path / "data" / r["audio"]), "source": r["audio"]})
-                                    for r in rows])
+    tuned = load_runtime(out, device="cpu")
+    hyps = transcribe_many(tuned, [read_wav({"audio": str(tmp_path / "data" / r["audio"]), "source": r["audio"]})
+                                   for r in rows], DecodingOptions())
     wer = score_corpus([r["text"] for r in rows], hyps, language="en")["error_rate"]
     assert wer == pytest.approx(best, abs=0.02)

@@ -9,41 +9,41 @@ assumed utilisation, which --calibrate replaces with one measured by running rea
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
-from ..train.recipe import TrainConfig
+from ..train.config import train_default
 
 
-def _train_default(name: str):
-    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-# Mode and LoRA options default to speechtune train's, so that an estimate describes the run train would do.
+# Options that speechtune train has too take its names and defaults, so that an estimate describes the run
+# train would do (precision excepted: train's "auto" depends on the GPU, an estimate names one).
 @dataclass
 class EstimateConfig:
     model: str | None = field(default=None, metadata={"help": "catalog name (tiny, small, large-v3, "
                                                       "wav2vec2-base, ...) or a model spec/folder"})
-    mode: str = field(default=_train_default("mode"), metadata={"choices": ["full", "freeze-encoder", "lora"],
+    mode: str = field(default=train_default("mode"), metadata={"choices": ["full", "freeze-encoder", "lora"],
                                                                "help": "what trains"})
-    lora_r: int = field(default=_train_default("lora_r"), metadata={"help": "LoRA rank"})
-    lora_targets: list[str] = field(default_factory=lambda: _train_default("lora_targets"),
+    lora_r: int = field(default=train_default("lora_r"), metadata={"help": "LoRA rank"})
+    lora_targets: list[str] = field(default_factory=lambda: train_default("lora_targets"),
                                     metadata={"help": "linears that get LoRA adapters"})
-    lora_dropout: float = field(default=_train_default("lora_dropout"), metadata={"help": "LoRA dropout"})
-    lora_encoder: bool = field(default=_train_default("lora_encoder"),
+    lora_dropout: float = field(default=train_default("lora_dropout"), metadata={"help": "LoRA dropout"})
+    lora_encoder: bool = field(default=train_default("lora_encoder"),
                                metadata={"help": "Whisper: adapters in the encoder too (otherwise decoder only, "
                                                  "encoder outputs cached)"})
-    batch_size: int = field(default=8, metadata={"help": "clips per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    batch_size: int = field(default=train_default("batch_size"), metadata={"help": "clips per micro-batch"})
+    grad_accum: int = field(default=train_default("grad_accum"),
+                            metadata={"help": "micro-batches per optimizer step"})
     precision: str = field(default="bf16", metadata={"choices": ["fp32", "bf16", "fp16"],
                                                      "help": "bf16/fp16 = autocast mixed precision"})
     optimizer: str = field(default="adamw", metadata={"choices": ["adamw", "adamw-8bit"]})
-    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute layer activations in backward"})
+    gradient_checkpointing: bool = field(default=train_default("gradient_checkpointing"),
+                                         metadata={"help": "recompute layer activations in backward"})
+    # its name before it took speechtune train's; None = not given
+    grad_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated: the old name of "
+                                                                    "--gradient-checkpointing"})
     audio_seconds: float = field(default=30.0, metadata={"help": "encoder input length (Whisper pads to 30)"})
     label_tokens: int = field(default=448, metadata={"help": "decoder/label length of the longest batch"})
     dataset_hours: float | None = field(default=None, metadata={"help": "hours of training audio"})
@@ -81,26 +81,30 @@ def _prices(items: list[str]) -> dict:
 
 
 def run(cfg: EstimateConfig):
-    from .estimate import calibrate, estimate
+    from .calibrate import calibrate
+    from .estimate import estimate_setup
+    from .setup import setup_from_config
     if not cfg.model:
         raise SpeechtuneError("--model is required", "a catalog name like small or large-v3, or a model folder")
     gpus = None if [g.lower() for g in cfg.gpu] == ["all"] else cfg.gpu
     if cfg.utilisation is not None and not 0 < cfg.utilisation <= 1:
         raise SpeechtuneError("--utilisation must be in (0, 1]")
-    common = dict(grad_accum=cfg.grad_accum, precision=cfg.precision, optimizer=cfg.optimizer,
-                  grad_checkpointing=cfg.grad_checkpointing, lora_rank=cfg.lora_r,
-                  lora_targets=tuple(cfg.lora_targets), lora_dropout=cfg.lora_dropout, lora_encoder=cfg.lora_encoder,
-                  audio_seconds=cfg.audio_seconds, label_tokens=cfg.label_tokens)
+    checkpointing = cfg.gradient_checkpointing
+    if cfg.grad_checkpointing is not None:
+        print("note: --grad-checkpointing is deprecated; use --gradient-checkpointing (speechtune train's name)",
+              file=sys.stderr)
+        checkpointing = cfg.grad_checkpointing
+    # EstimateConfig has train's field names: the run is built from it as from a TrainConfig (for a GPU).
+    s = setup_from_config(cfg, device="cuda", gradient_checkpointing=checkpointing)
     cal = None
     if cfg.calibrate:
         import torch
         # On a CPU, training runs in fp32 (speechtune train autocasts on CUDA only): calibrate what would run.
         precision = cfg.precision if torch.cuda.is_available() else "fp32"
-        cal = calibrate(cfg.model, cfg.mode, cfg.batch_size, steps=cfg.calibrate_steps,
-                        **{**common, "precision": precision})
-    return estimate(cfg.model, cfg.mode, cfg.batch_size, **common, dataset_hours=cfg.dataset_hours,
-                    epochs=cfg.epochs, clip_seconds=cfg.clip_seconds, gpus=gpus, utilisation=cfg.utilisation,
-                    prices=_prices(cfg.price), calibration=cal)
+        cal = calibrate(cfg.model, setup=replace(s, precision=precision), steps=cfg.calibrate_steps)
+    return estimate_setup(cfg.model, s, dataset_hours=cfg.dataset_hours, epochs=cfg.epochs,
+                          clip_seconds=cfg.clip_seconds, gpus=gpus, utilisation=cfg.utilisation,
+                          prices=_prices(cfg.price), calibration=cal)
 
 
 def _hours(h):
@@ -119,7 +123,8 @@ def _money(usd):
 
 def render(est, console) -> None:
     from rich.table import Table
-    from .estimate import GiB
+
+    from .memory import GiB
     m = est.memory
     head = (f"[bold]{est.model}[/] ({est.family}, {est.params_total / 1e6:.1f}M parameters, "
             f"{est.params_trainable / 1e6:.2f}M train) - {est.mode}"

@@ -36,17 +36,15 @@ def compute_loss(model, clips, idx, cache, cfg, step: int):
 
 
 def evaluate(whisper, eval_set: dict, batch_size: int) -> dict:
-    """Error rate of real decoding (generate) on one set; clips are grouped by language for the prompt."""
+    """Error rate of real decoding (generate, through the same runtime and options as `evaluate`) on one set;
+    clips are grouped by language for the prompt."""
     from ..metrics.score import score_corpus
-    from ..transcribe import transcribe_batch
+    from ..runtimes import DecodingOptions, runtime_for, transcribe_many
 
     was_training = whisper.model.training
     whisper.model.eval()
-    hyps = [""] * len(eval_set["wavs"])
-    for lang in sorted(set(eval_set["languages"]), key=str):
-        idx = [i for i, l in enumerate(eval_set["languages"]) if l == lang]
-        for i, text in zip(idx, transcribe_batch(whisper, [eval_set["wavs"][i] for i in idx], lang, batch_size)):
-            hyps[i] = text
+    hyps = transcribe_many(runtime_for(whisper), eval_set["wavs"], DecodingOptions(batch_size=batch_size),
+                           eval_set["languages"])
     whisper.model.train(was_training)
     s = score_corpus(eval_set["refs"], hyps, language=[l or "en" for l in eval_set["languages"]])
     return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}
@@ -66,6 +64,53 @@ def run_evals(whisper, step, evals, cfg, state, log, train_s: float = 0.0) -> di
     return rec
 
 
+def new_accelerator(precision: str, cpu: bool):
+    """An Accelerator for one training run: mixed precision "no", "bf16" or "fp16" (autocast, and GradScaler
+    for fp16), on the CPU or the GPU accelerate picks."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps the first Accelerator's mixed precision process-wide and refuses another one, yet a
+    # process may train several times (notebooks, benchmarks, estimate --calibrate). Drop that state, as
+    # transformers' Trainer does; the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
+def adamw(model, lr: float, weight_decay: float):
+    """AdamW over what trains; biases and norms get no weight decay, as in every transformer recipe."""
+    import torch
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def train_step(model, group, loss_of, optimizer, scheduler, accelerator, max_grad_norm: float) -> float:
+    """One optimizer step over `group`, a list of micro-batches (lists of clip indices): `loss_of(idx)` is each
+    one's mean loss, backpropagated weighted by its share of the clips; then gradient clipping (0 = off), the
+    optimizer and the schedule (None = none) step. Returns the step's mean loss."""
+    n = sum(len(b) for b in group)
+    total_loss = 0.0
+    for k, idx in enumerate(group):
+        # Only the last micro-batch of a step needs DDP's gradient all-reduce.
+        ctx = accelerator.no_sync(model) if k < len(group) - 1 else _nullcontext()
+        with ctx:
+            loss = loss_of(idx)
+            accelerator.backward(loss * len(idx) / n)
+        total_loss += loss.item() * len(idx) / n
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss
+
+
 def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, accelerator, total_steps: int,
                progress: bool = True) -> dict:
     import torch
@@ -75,13 +120,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
     checkpoint.sweep(ckdir)
     world, rank = accelerator.num_processes, accelerator.process_index
 
-    # AdamW; biases and norms get no weight decay, as in every transformer recipe.
-    decay, no_decay = [], []
-    for n, p in hf_model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = adamw(hf_model, cfg.lr, cfg.weight_decay)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(hf_model, optimizer)
@@ -122,6 +161,12 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
             checkpoint.prune(ckdir, cfg.keep_checkpoints, keep)
         accelerator.wait_for_everyone()
 
+    def loss_of(idx):
+        loss = compute_loss(model, clips, idx, cache, cfg, state["step"])
+        if not torch.isfinite(loss):
+            raise _diverged(loss, state, ckdir, scheduler)
+        return loss
+
     if not state["evals"] and evals:  # the base model's scores: what every later eval is compared with
         rec = run_evals(whisper, 0, evals, cfg, state, log)
         accelerator.print(f"base model: {_fmt(rec)}")
@@ -141,21 +186,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
             while state["group"] < len(groups) and state["step"] < total_steps:
                 group = groups[state["group"]]
                 n = sum(len(b) for b in group)
-                total_loss = 0.0
-                for k, idx in enumerate(group):
-                    # Only the last micro-batch of a step needs DDP's gradient all-reduce.
-                    ctx = accelerator.no_sync(model) if k < len(group) - 1 else _nullcontext()
-                    with ctx:
-                        loss = compute_loss(model, clips, idx, cache, cfg, state["step"])
-                        if not torch.isfinite(loss):
-                            raise _diverged(loss, state, ckdir, scheduler)
-                        accelerator.backward(loss * len(idx) / n)
-                    total_loss += loss.item() * len(idx) / n
-                if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                total_loss = train_step(model, group, loss_of, optimizer, scheduler, accelerator, cfg.max_grad_norm)
                 state["group"] += 1
                 state["step"] += 1
                 state["samples"] += n * world

@@ -1,0 +1,128 @@
+"""What the planner knows about a model: its transformers config and real module tree (built on the meta
+device: no memory, no weights), from a catalog name, a model spec or folder, a config or a loaded model; and
+which catalog GPU this machine's CUDA device is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import SpeechtuneError
+from . import catalog
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str                   # "whisper" or "ctc"
+    config: object                # transformers config
+    params: tuple                 # (name, numel, requires_grad by default)
+    linears: tuple                # (module name, in_features, out_features)
+    path: str | None = None       # HF folder it came from, if any
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n, _ in self.params)
+
+
+def family_of(model_type: str) -> str:
+    if model_type == "whisper":
+        return "whisper"
+    if model_type in ("wav2vec2", "hubert"):
+        return "ctc"
+    raise SpeechtuneError(f"model type {model_type!r} is not one the planner knows",
+                          "supported: whisper, wav2vec2, hubert (see `speechtune estimate --help`)")
+
+
+def build_meta(config):
+    """The real training module on the meta device: the exact module tree, no memory, no weights."""
+    import torch
+    import transformers
+    cls = {"whisper": transformers.WhisperForConditionalGeneration, "wav2vec2": transformers.Wav2Vec2ForCTC,
+           "hubert": transformers.HubertForCTC}[config.model_type]
+    with torch.device("meta"):
+        return cls(config)
+
+
+def _info_from_module(name: str, config, module) -> ModelInfo:
+    import torch
+    params = tuple((n, p.numel(), p.requires_grad) for n, p in module.named_parameters())
+    linears = tuple((n, m.in_features, m.out_features) for n, m in module.named_modules()
+                    if isinstance(m, torch.nn.Linear))
+    return ModelInfo(name, family_of(config.model_type), config, params, linears)
+
+
+@lru_cache(maxsize=32)
+def _info_cached(name: str, config_json: str, model_type: str) -> ModelInfo:
+    import json
+    import transformers
+    cls = {"whisper": transformers.WhisperConfig, "wav2vec2": transformers.Wav2Vec2Config,
+           "hubert": transformers.HubertConfig}[model_type]
+    config = cls(**json.loads(config_json))
+    return _info_from_module(name, config, build_meta(config))
+
+
+def _info_from_config(name: str, config) -> ModelInfo:
+    family_of(config.model_type)
+    return _info_cached(name, config.to_json_string(use_diff=True), config.model_type)
+
+
+def model_info(model) -> ModelInfo:
+    """Catalog name, local folder/spec, transformers config or loaded model -> ModelInfo (cached)."""
+    import transformers
+    if isinstance(model, ModelInfo):
+        return model
+    if isinstance(model, transformers.PretrainedConfig):
+        return _info_from_config(getattr(model, "name_or_path", "") or model.model_type, model)
+    if hasattr(model, "config") and hasattr(model, "named_parameters"):
+        # An already-loaded model (maybe wrapped by PEFT): its config is enough, and a meta copy is cheap.
+        cfg = model.config
+        return _info_from_config(getattr(cfg, "name_or_path", "") or cfg.model_type, cfg)
+    spec = str(model)
+    arch = catalog.lookup(spec)
+    if arch is not None:
+        return _info_from_config(arch.name, catalog.hf_config(arch))
+    path = _folder_from_spec(spec)
+    return replace(_info_from_config(spec, _read_config(path)), path=str(path))
+
+
+def _folder_from_spec(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if not _is_hf_folder(path):
+        # CTranslate2 folders, openai .pt files, bundled names, hub ids: the models module makes an HF folder
+        try:
+            from ..models import resolve_model
+        except ImportError:
+            raise SpeechtuneError(f"unknown model {spec!r}",
+                                  f"use a catalog name ({', '.join(catalog.ARCHITECTURES)}) "
+                                  "or a Hugging Face folder with config.json") from None
+        path = Path(resolve_model(spec))
+    return path
+
+
+def _is_hf_folder(path: Path) -> bool:
+    import json
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def _read_config(path: Path):
+    import transformers
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise SpeechtuneError(f"{path / 'config.json'}: not a readable model config ({e})") from None
+
+
+def gpu_catalog_name(device_name: str) -> str:
+    """torch's CUDA device name ("NVIDIA A100-SXM4-80GB") -> the catalog's GPU name ("A100-80GB")."""
+    n = device_name.upper()
+    for key, name in (("H200", "H200"), ("H100", "H100"), ("A100", "A100-80GB" if "80" in n else "A100-40GB"),
+                      ("A10", "A10"), ("L4", "L4"), ("T4", "T4"), ("V100", "V100"), ("4090", "RTX4090"),
+                      ("3090", "RTX3090"), ("3060", "RTX3060")):
+        if key in n:
+            return name
+    return device_name

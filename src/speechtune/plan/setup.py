@@ -1,0 +1,113 @@
+"""One training run as the planner sees it: the options that shape memory and time, under `speechtune train`'s
+field names and defaults (speechtune.train.config.TrainConfig). setup_from_config builds it from a training
+config (train's, or the estimate CLI's); setup_from_options from estimate()/calibrate() keyword arguments.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+
+from ..errors import SpeechtuneError
+from ..train.config import MODES, train_default
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adamw-8bit")
+# The names estimate() and calibrate() took before they took TrainConfig's; still accepted, with a warning.
+RENAMED = {"lora_rank": "lora_r", "grad_checkpointing": "gradient_checkpointing"}
+# estimate() and calibrate() called from Python keep the defaults they had before: a full fine-tune, LoRA r=16 on
+# q_proj/v_proj with the encoder (what benchmarks/estimate_accuracy.py was measured with). The CLI and
+# format_summary(train_config) build their Setup with setup_from_config instead: speechtune train's defaults.
+API_DEFAULTS = {"mode": "full", "lora_r": 16, "lora_targets": ("q_proj", "v_proj"), "lora_encoder": True}
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "tuple": tuple}
+
+
+@dataclass(frozen=True)
+class Setup:
+    mode: str = train_default("mode")
+    batch_size: int = train_default("batch_size")
+    grad_accum: int = train_default("grad_accum")
+    # Concrete, unlike TrainConfig's "auto"/"no": bf16 is what "auto" is on a GPU with bf16 (setup_from_config
+    # resolves "auto" for the device at hand).
+    precision: str = "bf16"
+    optimizer: str = "adamw"      # what speechtune train uses; "adamw-8bit" estimates bitsandbytes' 8-bit AdamW
+    gradient_checkpointing: bool = train_default("gradient_checkpointing")
+    lora_r: int = train_default("lora_r")
+    lora_targets: tuple = tuple(train_default("lora_targets"))
+    lora_encoder: bool = train_default("lora_encoder")  # Whisper: adapters in the encoder too (False: decoder only)
+    lora_dropout: float = train_default("lora_dropout")
+    audio_seconds: float = 30.0   # encoder input length (Whisper pads every clip to 30 s)
+    label_tokens: int = 448       # decoder/label length of the longest batch (448: Whisper's maximum)
+    device: str = "cuda"          # "cuda" or "cpu": CUDA context, dropout-mask width
+
+    def __post_init__(self):
+        # One type per field (a YAML list of targets, a float batch size): Setups compare and hash as values.
+        for f in fields(self):
+            kind = _TYPES.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is not None and not isinstance(value, kind) or kind is int and isinstance(value, bool):
+                object.__setattr__(self, f.name, kind(value))
+
+    def check(self) -> None:
+        for name, value, ok in (("mode", self.mode, MODES), ("precision", self.precision, PRECISIONS),
+                                ("optimizer", self.optimizer, OPTIMIZERS)):
+            if value not in ok:
+                raise SpeechtuneError(f"--{name} {value!r} is not one of {', '.join(ok)}")
+        for name in ("batch_size", "grad_accum", "lora_r", "label_tokens"):
+            if getattr(self, name) < 1:
+                raise SpeechtuneError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.audio_seconds <= 0:
+            raise SpeechtuneError("--audio-seconds must be positive")
+
+
+SETUP_FIELDS = frozenset(f.name for f in fields(Setup))
+
+
+def renamed_options(options: dict, stacklevel: int = 3) -> dict:
+    """`options` with the old names (lora_rank=, grad_checkpointing=) turned into Setup's, with a
+    DeprecationWarning."""
+    out = dict(options)
+    for old, new in RENAMED.items():
+        if old in out:
+            warnings.warn(f"{old}= is deprecated: pass {new}= (speechtune train's name)", DeprecationWarning,
+                          stacklevel=stacklevel)
+            out[new] = out.pop(old)
+    return out
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """(the Setup options among `options`, old names included; the rest)."""
+    setup = {k: v for k, v in options.items() if k in SETUP_FIELDS or k in RENAMED}
+    return setup, {k: v for k, v in options.items() if k not in setup}
+
+
+def setup_from_options(**options) -> Setup:
+    """The Setup of estimate()/calibrate() keyword options (Setup fields, or their old names), on API_DEFAULTS."""
+    return Setup(**{**API_DEFAULTS, **renamed_options(options, stacklevel=4)})
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """TrainConfig's precision for a "cuda" or "cpu" run -> fp32/bf16/fp16, as the trainer resolves "auto"."""
+    if precision in (None, "auto"):
+        if device != "cuda":
+            return "fp32"
+        import torch
+        return "fp16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "bf16"
+    return {"no": "fp32"}.get(precision, precision)
+
+
+def setup_from_config(cfg, **overrides) -> Setup:
+    """The Setup of the run that `cfg` describes: a TrainConfig, or anything with (some of) its field names
+    (EstimateConfig, a test's stand-in); what it lacks takes Setup's defaults, which are TrainConfig's.
+
+    `overrides` (Setup fields, or their old names) win over `cfg`. A device that is None ("what accelerate
+    picks") is this machine's: CUDA where there is one. Precision "auto"/"no" resolves as the trainer does.
+    """
+    values = {name: getattr(cfg, name) for name in SETUP_FIELDS if hasattr(cfg, name)}
+    values.update(renamed_options(overrides))
+    device = values.get("device")
+    if device is None:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    values["device"] = "cuda" if str(device).startswith("cuda") else "cpu"
+    values["precision"] = resolve_precision(values.get("precision"), values["device"])
+    return Setup(**values)
