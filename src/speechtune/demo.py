@@ -7,6 +7,7 @@ Every step is the same Python function the CLI commands call; the output folder 
 """
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ MODELS = {"en": "tiny.en", "zh": "base"}
 SIZES = {"full": dict(n_train=60, n_valid=6, n_test=20, renditions=2, epochs=5),
          "small": dict(n_train=40, n_valid=4, n_test=10, renditions=2, epochs=5)}
 TRAIN_VOICES = {"en": ["m1", "f3", "m3"], "zh": ["m1", "f3", "m3"]}
+DEMO_LR = {"en": 4e-5, "zh": 4e-5}
 
 
 class Steps:
@@ -61,13 +63,12 @@ def _synth(lang: str, out: Path, size: dict, seed: int) -> tuple[Path, Path]:
 
 def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full", seed: int = 0,
              model: str | None = None) -> dict:
+    """Run the seven steps into `out`; returns the summary it also writes to out/demo_summary.json."""
     from rich.console import Console
 
-    from .compare import compare
-    from .data.prepare import prepare, print_summary
-    from .evaluate import evaluate
-    from .export.recipe import export
-    from .train.recipe import TrainConfig, train
+    # Load every step's module before the first step: a broken install fails now, not after minutes of work.
+    for name in (".compare", ".data.prepare", ".evaluate", ".export.recipe", ".train.recipe"):
+        importlib.import_module(name, __package__)
 
     if lang not in MODELS:
         raise SpeechtuneError(f"demo language '{lang}' is not available", "use --lang en or --lang zh")
@@ -78,57 +79,13 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
     steps = Steps(console)
     t0 = time.perf_counter()
 
-    steps.start(1, "synthesize a domain corpus")
-    corpus, guard = _synth(lang, out, cfg, seed)
-    n = sum(1 for _ in corpus.open(encoding="utf-8"))
-    console.print(f"{n} domain clips ({lang}, voices {', '.join(TRAIN_VOICES[lang])}) -> {corpus}\n"
-                  f"guard: general-speech clips -> {guard}  ({steps.done():.0f} s)")
-
-    steps.start(2, "prepare")
-    stats = prepare(corpus, out / "prepared", progress=True, seed=seed)
-    print_summary(stats, out / "prepared")
-    test = out / "prepared" / "test.jsonl"
-    steps.done()
-
-    steps.start(3, f"baseline: bundled {spec} on the held-out test set")
-    base = evaluate(spec, test, out=out / "baseline", progress=True)
-    console.print(f"baseline {base['metric'].upper()}: {100 * base['error_rate']:.1f}%")
-    steps.done()
-
-    steps.start(4, "fine-tune (freeze-encoder: encoder outputs computed once, decoder trained)")
-    model_dir = train(TrainConfig(model=spec, data=str(out / "prepared"), out=str(out / "model"),
-                                  mode="freeze-encoder", guard=str(guard), epochs=cfg["epochs"], seed=seed,
-                                  lr=DEMO_LR[lang], overwrite=True, tensorboard=False))
-    steps.done()
-
-    steps.start(5, "compare base vs fine-tuned (with the general-speech guard)")
-    result = compare(spec, model_dir, test, guard=guard, out=out / "report", progress=True)
-    console.print(f"[bold]{result['verdict_line']}")
-    if result.get("guard"):
-        g = result["guard"]
-        console.print(f"guard: {g['metric'].upper()} {100 * g['base']['error_rate']:.1f}% -> "
-                      f"{100 * g['tuned']['error_rate']:.1f}%" + ("  [red]FLAGGED" if g["flagged"] else "  ok"))
-    steps.done()
-
-    steps.start(6, "export to CTranslate2 int8, with the parity check")
-    # The default 0.5 pt allowance assumes a real test set of hundreds of clips. Here one word is 0.7-1.5
-    # pt, and int8 does flip a drug name now and then on a model as small as tiny: allow 2.5 words of drift.
-    # counted in the metric's units: characters for CER languages such as zh, else words
-    unit = "characters" if lang == "zh" else "words"
-    texts = [json.loads(line)["text"] for line in test.open(encoding="utf-8")]
-    words = sum(len("".join(t.split())) if unit == "characters" else len(t.split()) for t in texts)
-    allowed = round(max(0.5, 250 / max(words, 1)), 1)
-    summary = export(model_dir, "ct2", out / "export-ct2-int8", quantization="int8", data=test, overwrite=True,
-                     max_wer_delta=allowed)
-    p = summary["parity"]
-    console.print(f"int8 export {summary['size_mb']['export']:.0f} MB (from {summary['size_mb']['source']:.0f} MB): "
-                  f"{p['metric'].upper()} {100 * p['exported']['error_rate']:.1f}% vs PyTorch "
-                  f"{100 * p['pytorch']['error_rate']:.1f}% (allowed ±{allowed} pt on {words} {unit}) -> parity ok")
-    steps.done()
-
-    steps.start(7, "serve on loopback and transcribe one held-out clip over HTTP")
-    served = _serve_once(out / "export-ct2-int8", test, console)
-    steps.done()
+    corpus, guard = _synth_step(steps, lang, out, cfg, seed)
+    test = _prepare_step(steps, corpus, out, seed)
+    base = _baseline_step(steps, spec, test, out)
+    model_dir = _train_step(steps, spec, lang, out, guard, cfg, seed)
+    result = _compare_step(steps, spec, model_dir, test, guard, out)
+    summary = _export_step(steps, lang, model_dir, test, out)
+    served = _serve_step(steps, out, test)
 
     total = time.perf_counter() - t0
     report = {
@@ -150,7 +107,95 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
     return report
 
 
-DEMO_LR = {"en": 4e-5, "zh": 4e-5}
+def _synth_step(steps: Steps, lang: str, out: Path, size: dict, seed: int) -> tuple[Path, Path]:
+    """Step 1: synthesize the domain corpus and the guard set; returns their manifests."""
+    steps.start(1, "synthesize a domain corpus")
+    corpus, guard = _synth(lang, out, size, seed)
+    n = sum(1 for _ in corpus.open(encoding="utf-8"))
+    steps.console.print(f"{n} domain clips ({lang}, voices {', '.join(TRAIN_VOICES[lang])}) -> {corpus}\n"
+                        f"guard: general-speech clips -> {guard}  ({steps.done():.0f} s)")
+    return corpus, guard
+
+
+def _prepare_step(steps: Steps, corpus: Path, out: Path, seed: int) -> Path:
+    """Step 2: prepare the corpus into out/prepared; returns the held-out test manifest."""
+    from .data.prepare import prepare, print_summary
+
+    steps.start(2, "prepare")
+    stats = prepare(corpus, out / "prepared", progress=True, seed=seed)
+    print_summary(stats, out / "prepared")
+    test = out / "prepared" / "test.jsonl"
+    steps.done()
+    return test
+
+
+def _baseline_step(steps: Steps, spec: str, test: Path, out: Path) -> dict:
+    """Step 3: score the base model on the test set; returns evaluate()'s result."""
+    from .evaluate import evaluate
+
+    steps.start(3, f"baseline: bundled {spec} on the held-out test set")
+    base = evaluate(spec, test, out=out / "baseline", progress=True)
+    steps.console.print(f"baseline {base['metric'].upper()}: {100 * base['error_rate']:.1f}%")
+    steps.done()
+    return base
+
+
+def _train_step(steps: Steps, spec: str, lang: str, out: Path, guard: Path, size: dict, seed: int) -> Path:
+    """Step 4: fine-tune the decoder on out/prepared; returns the model folder."""
+    from .train.recipe import TrainConfig, train
+
+    steps.start(4, "fine-tune (freeze-encoder: encoder outputs computed once, decoder trained)")
+    model_dir = train(TrainConfig(model=spec, data=str(out / "prepared"), out=str(out / "model"),
+                                  mode="freeze-encoder", guard=str(guard), epochs=size["epochs"], seed=seed,
+                                  lr=DEMO_LR[lang], overwrite=True, tensorboard=False))
+    steps.done()
+    return model_dir
+
+
+def _compare_step(steps: Steps, spec: str, model_dir: Path, test: Path, guard: Path, out: Path) -> dict:
+    """Step 5: compare base and fine-tuned on the test and guard sets; returns compare()'s result."""
+    from .compare import compare
+
+    steps.start(5, "compare base vs fine-tuned (with the general-speech guard)")
+    result = compare(spec, model_dir, test, guard=guard, out=out / "report", progress=True)
+    steps.console.print(f"[bold]{result['verdict_line']}")
+    if result.get("guard"):
+        g = result["guard"]
+        steps.console.print(f"guard: {g['metric'].upper()} {100 * g['base']['error_rate']:.1f}% -> "
+                            f"{100 * g['tuned']['error_rate']:.1f}%" + ("  [red]FLAGGED" if g["flagged"] else "  ok"))
+    steps.done()
+    return result
+
+
+def _export_step(steps: Steps, lang: str, model_dir: Path, test: Path, out: Path) -> dict:
+    """Step 6: export to CTranslate2 int8 with the parity check; returns export()'s summary."""
+    from .export.recipe import export
+
+    steps.start(6, "export to CTranslate2 int8, with the parity check")
+    # The default 0.5 pt allowance assumes a real test set of hundreds of clips. Here one word is 0.7-1.5
+    # pt, and int8 does flip a drug name now and then on a model as small as tiny: allow 2.5 words of drift.
+    # counted in the metric's units: characters for CER languages such as zh, else words
+    unit = "characters" if lang == "zh" else "words"
+    texts = [json.loads(line)["text"] for line in test.open(encoding="utf-8")]
+    words = sum(len("".join(t.split())) if unit == "characters" else len(t.split()) for t in texts)
+    allowed = round(max(0.5, 250 / max(words, 1)), 1)
+    summary = export(model_dir, "ct2", out / "export-ct2-int8", quantization="int8", data=test, overwrite=True,
+                     max_wer_delta=allowed)
+    p = summary["parity"]
+    steps.console.print(
+        f"int8 export {summary['size_mb']['export']:.0f} MB (from {summary['size_mb']['source']:.0f} MB): "
+        f"{p['metric'].upper()} {100 * p['exported']['error_rate']:.1f}% vs PyTorch "
+        f"{100 * p['pytorch']['error_rate']:.1f}% (allowed ±{allowed} pt on {words} {unit}) -> parity ok")
+    steps.done()
+    return summary
+
+
+def _serve_step(steps: Steps, out: Path, test: Path) -> dict:
+    """Step 7: serve the export on loopback and transcribe one test clip over HTTP; returns what was served."""
+    steps.start(7, "serve on loopback and transcribe one held-out clip over HTTP")
+    served = _serve_once(out / "export-ct2-int8", test, steps.console)
+    steps.done()
+    return served
 
 
 def _serve_once(export_dir: Path, test: Path, console) -> dict:

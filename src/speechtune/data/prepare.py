@@ -236,19 +236,44 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
     _check_out(out, input_path)
     rejects: list[tuple[int, dict]] = []
 
-    def reject(i: int, reason: str, detail: str) -> None:
-        assert reason in checks.REASONS, reason
-        r = rows[i]
-        rejects.append((i, {"source": r.source, "line": r.line, "reason": reason, "detail": detail}))
+    ok = _check_texts(rows, cfg, rejects)
+    results, t_process = _process_audio(rows, ok, cfg, progress)
+    kept = _check_audio(rows, ok, results, cfg, rejects)
+    splits, mode, leaks = _split(rows, kept, cfg, rejects)
 
+    manifests = _write_manifests(out, rows, kept, splits, leaks)
+    rejects.sort(key=lambda x: x[0])
+    write_jsonl(out / "rejects.jsonl", [r for _, r in rejects])
+    stats = _stats(input_path, fmt, cfg, mode, rows, manifests, [r for _, r in rejects], results, time.time() - t0)
+    stats["seconds_processing"] = round(t_process, 2)  # decode/check/cache part, without reading and plots
+    tmp = out / "stats.json.tmp"
+    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out / "stats.json")
+    _plot(manifests, cfg, out / "durations.png")
+    if stats["clips"]["kept"] == 0:
+        top = ", ".join(f"{n} {k}" for k, n in list(stats["rejected"].items())[:3])
+        raise SpeechtuneError(f"no usable clips: all {len(rows)} were rejected ({top})",
+                              f"see {out / 'rejects.jsonl'} for each clip's reason")
+    return stats
+
+
+def _reject(rejects: list, rows: list, i: int, reason: str, detail: str) -> None:
+    """Record in `rejects` that rows[i] is dropped, with one of checks.REASONS and a detail for the user."""
+    assert reason in checks.REASONS, reason
+    r = rows[i]
+    rejects.append((i, {"source": r.source, "line": r.line, "reason": reason, "detail": detail}))
+
+
+def _check_texts(rows: list, cfg: PrepareConfig, rejects: list) -> list[int]:
+    """Set each row's language and clean its text; returns the indices of rows whose text passes the checks."""
     todo = []
     for i, r in enumerate(rows):
         lang = r.language or cfg.language
         r.language = lang.strip().lower() if lang else None
         if r.error:
-            reject(i, *r.error)
+            _reject(rejects, rows, i, *r.error)
         elif problem := checks.text_problem(r.text):
-            reject(i, *problem)
+            _reject(rejects, rows, i, *problem)
         else:
             r.text = _clean_text(r.text)
             todo.append(i)
@@ -256,10 +281,14 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
     ok = []
     for i, n in zip(todo, counts):
         if problem := checks.text_problem(rows[i].text, n):
-            reject(i, *problem)
+            _reject(rejects, rows, i, *problem)
         else:
             ok.append(i)
+    return ok
 
+
+def _process_audio(rows: list, ok: list[int], cfg: PrepareConfig, progress: bool) -> tuple[list[dict], float]:
+    """Run process_file over the audio of rows[ok]; returns one result per index in `ok` and the seconds taken."""
     root = cache_root(cfg)
     # One job per audio file: a long recording cut by Kaldi segments or NeMo offsets is decoded once.
     by_file: dict[str, list[int]] = {}
@@ -273,8 +302,12 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
     per_file = _run(jobs, cfg.workers, progress)
     info_of = {i: info for idx, infos in zip(by_file.values(), per_file) for i, info in zip(idx, infos)}
     results = [info_of[i] for i in ok]
-    t_process = time.time() - t_process
+    return results, time.time() - t_process
 
+
+def _check_audio(rows: list, ok: list[int], results: list[dict], cfg: PrepareConfig,
+                 rejects: list) -> list[tuple[int, dict]]:
+    """Reject bad, implausible and duplicate audio; returns (row index, result) for each clip kept."""
     kept, seen = [], {}
     for i, info in zip(ok, results):
         r = rows[i]
@@ -287,19 +320,29 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
             where = f" ({first.source}:{first.line})" if first.line else ""
             problem = ("duplicate_audio", f"{r.origin}: same audio as {first.origin}{where}")
         if problem:
-            reject(i, *problem)
+            _reject(rejects, rows, i, *problem)
             continue
         seen[info["pcm_sha"]] = i
         kept.append((i, info))
+    return kept
 
+
+def _split(rows: list, kept: list[tuple[int, dict]], cfg: PrepareConfig,
+           rejects: list) -> tuple[list[str], str, set[int]]:
+    """Assign each kept clip a split and reject leaks; returns the splits, the split mode and the leaked positions."""
     clips = [dict(text=rows[i].text, speaker=rows[i].speaker, split=rows[i].split) for i, _ in kept]
     splits, mode = split.assign(clips, cfg.split_by, cfg.valid_frac, cfg.test_frac, cfg.seed) if clips else ([], "none")
     leaks = set(split.find_leaks(clips, splits))
     for k in sorted(leaks):
         i = kept[k][0]
-        reject(i, "split_leak", f"{rows[i].origin}: transcript and speaker also in the {_winner(clips, splits, k)} "
-                                "split, kept there")
+        _reject(rejects, rows, i, "split_leak", f"{rows[i].origin}: transcript and speaker also in the "
+                                                f"{_winner(clips, splits, k)} split, kept there")
+    return splits, mode, leaks
 
+
+def _write_manifests(out: Path, rows: list, kept: list[tuple[int, dict]], splits: list[str],
+                     leaks: set[int]) -> dict[str, list[dict]]:
+    """Link the kept audio into out/audio/ and write train/valid/test.jsonl; returns the manifest rows by split."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(exist_ok=True)
     manifests: dict[str, list[dict]] = {s: [] for s in split.SPLITS}
@@ -314,20 +357,7 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
     _prune_audio(out, {m["audio"] for ms in manifests.values() for m in ms})
     for s, ms in manifests.items():
         write_jsonl(out / f"{s}.jsonl", ms)
-    rejects.sort(key=lambda x: x[0])
-    write_jsonl(out / "rejects.jsonl", [r for _, r in rejects])
-
-    stats = _stats(input_path, fmt, cfg, mode, rows, manifests, [r for _, r in rejects], results, time.time() - t0)
-    stats["seconds_processing"] = round(t_process, 2)  # decode/check/cache part, without reading and plots
-    tmp = out / "stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "stats.json")
-    _plot(manifests, cfg, out / "durations.png")
-    if stats["clips"]["kept"] == 0:
-        top = ", ".join(f"{n} {k}" for k, n in list(stats["rejected"].items())[:3])
-        raise SpeechtuneError(f"no usable clips: all {len(rows)} were rejected ({top})",
-                              f"see {out / 'rejects.jsonl'} for each clip's reason")
-    return stats
+    return manifests
 
 
 def _winner(clips, splits, k) -> str:
