@@ -1,6 +1,6 @@
 """Time one cached decoder-only LoRA step (what `speechtune train --mode lora` runs after epoch 1) per setting.
 
-The adapters come from speechtune's own setup_model; the encoder output is random (its values do not change the
+The adapters come from speechtune's own families.whisper.setup_training; the encoder output is random (its values do not change the
 cost). Each setting gets 2 warm-up steps, then --steps timed ones; the best is reported. --profile prints
 torch.profiler's top ops for the first setting.
 
@@ -18,12 +18,13 @@ def step_time(model_spec: str, dropout: float, targets: list[str] | None, batch:
     from transformers import WhisperForConditionalGeneration
 
     from speechtune.models import resolve_model
-    from speechtune.train.recipe import TrainConfig, setup_model
+    from speechtune.families.whisper import setup_training
+    from speechtune.train.config import TrainConfig
 
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration.from_pretrained(resolve_model(model_spec))
     cfg = TrainConfig(mode="lora", lora_dropout=dropout, **({"lora_targets": targets} if targets else {}))
-    setup_model(cfg, model)
+    setup_training(cfg, model)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     hidden = torch.randn(batch, model.config.max_source_positions, model.config.d_model)

@@ -320,12 +320,13 @@ def test_cli_user_mistakes_are_one_line(capsys, tmp_path):
 def _train_lora_trainable(spec: str) -> int:
     """Parameters that `speechtune train --mode lora` (its defaults) would train, on a weightless model."""
     from speechtune.models import resolve_model
-    from speechtune.train.recipe import TrainConfig, setup_model
+    from speechtune.families.whisper import setup_training
+    from speechtune.train.config import TrainConfig
 
     cfg = transformers.WhisperConfig.from_pretrained(resolve_model(spec))
     with torch.device("meta"):
         model = transformers.WhisperForConditionalGeneration(cfg)
-    setup_model(TrainConfig(mode="lora"), model)
+    setup_training(TrainConfig(mode="lora"), model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -210,15 +210,16 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_whisper_dir, prepared, tmp_path, monkeypatch):
     import torch
 
+    from speechtune.families import whisper
     from speechtune.train import loop
     from speechtune.train.recipe import train
 
-    real = loop.compute_loss
+    real = whisper.loss
 
     def poisoned(model, clips, idx, cache, cfg, step):
         loss = real(model, clips, idx, cache, cfg, step)
         return loss * float("nan") if step >= 4 else loss
-    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    monkeypatch.setattr(whisper, "loss", poisoned)
     out = tmp_path / "out"
     with pytest.raises(loop.TrainingDiverged, match=r"loss became nan at step 5.*step-000003") as e:
         train(_cfg(tiny_whisper_dir, prepared, out, max_steps=8, eval_every=3), progress=False)
@@ -287,10 +288,11 @@ def test_cache_depth_follows_what_trains(tiny_whisper_dir, kw, depth):
     from transformers import WhisperForConditionalGeneration
 
     from speechtune.train.encoder_cache import frozen_depth
-    from speechtune.train.recipe import TrainConfig, setup_model
+    from speechtune.families.whisper import setup_training
+    from speechtune.train.config import TrainConfig
 
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
-    setup_model(TrainConfig(**kw), model)
+    setup_training(TrainConfig(**kw), model)
     # all layers frozen but the final norm trainable (full, freeze 2 of 2): the last layer stays uncached
     assert frozen_depth(model.get_encoder()) == depth
 
@@ -343,7 +345,7 @@ def test_bf16_reaches_the_cached_encoder_layers(tiny_whisper_dir, prepared, tmp_
 
 
 def test_guard_threshold_picks_the_checkpoint(monkeypatch):
-    from speechtune.train.loop import _select
+    from speechtune.train.loop import select_checkpoint
 
     class C:
         guard_threshold = 1.0
@@ -352,7 +354,7 @@ def test_guard_threshold_picks_the_checkpoint(monkeypatch):
     for step, valid, guard in [(10, 0.3, 0.105), (20, 0.1, 0.20), (30, 0.2, 0.109)]:
         rec = {"step": step, "valid": valid, "guard": guard, "guard_ok": guard <= 0.10 + 0.01}
         state["evals"].append(rec)
-        _select(state, rec, C)
+        select_checkpoint(state, rec, C)
     assert state["best"] == 30 and state["best_any"] == 20 and state["bad_evals"] == 0
     # a checkpoint worse than the base on the domain is never "best", even with its guard intact
     state = {"evals": [{"step": 0, "valid": 0.68, "guard": 0.146, "guard_ok": True}], "best": None,
@@ -360,7 +362,7 @@ def test_guard_threshold_picks_the_checkpoint(monkeypatch):
     for step, valid, guard in [(10, 4.0, 0.123), (20, 0.18, 0.166)]:
         rec = {"step": step, "valid": valid, "guard": guard, "guard_ok": guard <= 0.146 + 0.01}
         state["evals"].append(rec)
-        _select(state, rec, C)
+        select_checkpoint(state, rec, C)
     # ...while --patience still counts from the lowest guard-keeping eval, as before
     assert state["best"] is None and state["best_any"] == 20 and state["bad_evals"] == 1
 

@@ -68,10 +68,15 @@ def convert(model_dir: Path, target: Path, fmt: str, quantization: str, source) 
 def export(model, fmt: str, out, quantization: str | None = None, data=None, max_wer_delta: float = MAX_WER_DELTA_PT,
            options: DecodingOptions | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Export `model` (any spec) into `out`; returns the summary (also written as export_summary.json)."""
+    from ..families import family_for
     from ..models import resolve_model
 
     if fmt not in FORMATS:
         raise SpeechtuneError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
+    family = family_for(model)
+    if fmt not in family.EXPORT_FORMATS:
+        raise SpeechtuneError(f"{model}: a {family.NAME} model exports to {', '.join(family.EXPORT_FORMATS)}, "
+                              f"not {fmt}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise SpeechtuneError(f"{out} already exists", "choose a new --out folder or pass --overwrite")

@@ -6,7 +6,7 @@ gradient clipping, optimizer step) under an Accelerator's autocast and GradScale
 estimate's FLOPs per step count. What differs, because this
 measures rather than trains: the weights are random (unless asked for) and one random batch of the planned
 shape is repeated, there is no learning-rate schedule, and the model is set up here for any family the
-planner knows (wav2vec2/HuBERT too), not by train's Whisper-only setup_model.
+planner knows (wav2vec2/HuBERT too), not by the Whisper family's setup_training.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = 
     max_grad_norm = train_default("max_grad_norm")
 
     def step():
-        # As in train's compute_loss, only the loss outlives the forward. Unlike train: no schedule (None), and
+        # As in the Whisper family's loss, only the loss outlives the forward. Unlike train: no schedule (None), and
         # the batch is random, built once, for measuring time and peak memory rather than for learning.
         train_step(model, group, lambda idx: model(**batch).loss, optimizer, None, accelerator, max_grad_norm)
 

@@ -11,28 +11,13 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SpeechtuneError
 from . import checkpoint
-from .data import batch_order, collate_labels
+from .data import batch_order
 
 
 class TrainingDiverged(SpeechtuneError):
     pass
-
-
-def compute_loss(model, clips, idx, cache, cfg, step: int):
-    """Mean cross-entropy of one micro-batch: from cached encoder states, or features through the encoder."""
-    inner = getattr(model, "module", model)  # under DDP, the HF model is wrapped
-    device, dtype = inner.device, next(inner.parameters()).dtype
-    labels = collate_labels([clips.labels[i] for i in idx]).to(device)
-    if cache is not None:
-        hidden = cache.batch(idx, clips, inner.get_encoder(), device, dtype)
-        return model(encoder_outputs=(hidden,), labels=labels).loss
-    rng = np.random.default_rng([cfg.seed, step, idx[0]])  # augmentation draws depend on position only
-    features = clips.features(idx, rng, cfg.speed_perturb or (), cfg.noise_snr).to(device, dtype)
-    return model(input_features=features, labels=labels).loss
 
 
 def evaluate(whisper, eval_set: dict, batch_size: int) -> dict:
@@ -111,20 +96,47 @@ def train_step(model, group, loss_of, optimizer, scheduler, accelerator, max_gra
     return total_loss
 
 
-def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, accelerator, total_steps: int,
-               progress: bool = True) -> dict:
-    import torch
-    from transformers import get_scheduler
+class RunLog:
+    """train_log.jsonl (and TensorBoard scalars) on the main process; nothing on the others."""
 
-    ckdir = out / "checkpoints"
-    checkpoint.sweep(ckdir)
-    world, rank = accelerator.num_processes, accelerator.process_index
+    def __init__(self, out: Path, accelerator, tensorboard: bool):
+        main = accelerator.is_main_process
+        self.file = open(out / "train_log.jsonl", "a", encoding="utf-8") if main else None
+        self.tb = None
+        if main and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tensorboard"))
 
-    optimizer = adamw(hf_model, cfg.lr, cfg.weight_decay)
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(hf_model, optimizer)
+    def __call__(self, rec: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+        if self.tb:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self.tb.add_scalar(f"{rec.get('event', 'train')}/{k}", v, rec["step"])
 
+    def close(self) -> None:
+        for f in (self.file, self.tb):
+            if f:
+                f.close()
+
+
+def epoch_groups(durations: list[float], cfg, epoch: int, world: int, rank: int) -> list[list[list[int]]]:
+    """This process's optimizer steps for one epoch: groups of `grad_accum` micro-batches, every world-th
+    group. Every rank gets the same number of groups (DDP needs every rank in every step: a rank left with
+    none spun through empty epochs while the other waited in its all-reduce): the list is padded to a
+    multiple of `world` with groups from its start, as DistributedSampler pads, so an epoch is one pass over
+    every clip and `steps_per_epoch` = ceil(groups / world) holds."""
+    batches = batch_order(durations, cfg.batch_size, cfg.seed, epoch)
+    groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+    short = -len(groups) % world
+    groups += [groups[i % len(groups)] for i in range(short)]
+    return groups[rank::world]
+
+
+def _resume(ckdir: Path, hf_model, optimizer, scheduler, accelerator, total_steps: int) -> dict:
+    """The loop's state: from the latest checkpoint (weights, optimizer, schedule, RNG), else fresh."""
     state = {"step": 0, "epoch": 0, "group": 0, "evals": [], "best": None, "best_any": None, "bad_evals": 0,
              "samples": 0, "train_s": 0.0, "stopped": None}
     last = checkpoint.latest(ckdir)
@@ -136,21 +148,34 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
         state = trainer["state"]
         checkpoint.set_rng_state(trainer["rng"])
         accelerator.print(f"resuming from {last} (step {state['step']} of {total_steps})")
+    return state
 
-    log_file = open(out / "train_log.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
-    tb = None
-    if accelerator.is_main_process and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(str(out / "tensorboard"))
 
-    def log(rec: dict) -> None:
-        if log_file:
-            log_file.write(json.dumps(rec) + "\n")
-            log_file.flush()
-        if tb:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                    tb.add_scalar(f"{rec.get('event', 'train')}/{k}", v, rec["step"])
+def _judge(rec: dict, state: dict, cfg) -> None:
+    """After an eval: choose the checkpoint, and stop at --stop-at or after --patience bad evals."""
+    select_checkpoint(state, rec, cfg)
+    if cfg.stop_at and rec["valid"] <= cfg.stop_at and rec["guard_ok"]:
+        state["stopped"] = f"reached valid {rec['metric'].upper()} {rec['valid']:.2%} <= {cfg.stop_at:.2%}"
+    if cfg.patience and state["bad_evals"] >= cfg.patience:
+        state["stopped"] = f"early stop: no better {rec['metric'].upper()} in {cfg.patience} evals"
+
+
+def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, accelerator, total_steps: int,
+               progress: bool = True, loss=None) -> dict:
+    """Train to `total_steps` (or a stop), evaluating, checkpointing and logging on the way; returns the loop's
+    state (evals, chosen steps). `loss(model, clips, idx, cache, cfg, step)` is the family's batch loss."""
+    import torch
+    from transformers import get_scheduler
+
+    ckdir = out / "checkpoints"
+    checkpoint.sweep(ckdir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    optimizer = adamw(hf_model, cfg.lr, cfg.weight_decay)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(hf_model, optimizer)
+    state = _resume(ckdir, hf_model, optimizer, scheduler, accelerator, total_steps)
+    log = RunLog(out, accelerator, cfg.tensorboard)
 
     def save(step: int) -> None:
         if accelerator.is_main_process:
@@ -162,75 +187,79 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
         accelerator.wait_for_everyone()
 
     def loss_of(idx):
-        loss = compute_loss(model, clips, idx, cache, cfg, state["step"])
-        if not torch.isfinite(loss):
-            raise _diverged(loss, state, ckdir, scheduler)
-        return loss
+        value = loss(model, clips, idx, cache, cfg, state["step"])
+        if not torch.isfinite(value):
+            raise _diverged(value, state, ckdir, scheduler)
+        return value
 
     if not state["evals"] and evals:  # the base model's scores: what every later eval is compared with
-        rec = run_evals(whisper, 0, evals, cfg, state, log)
-        accelerator.print(f"base model: {_fmt(rec)}")
-
+        accelerator.print(f"base model: {_fmt(run_evals(whisper, 0, evals, cfg, state, log))}")
     bar = None
     if progress and accelerator.is_main_process:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=state["step"], desc=f"train ({cfg.mode})", unit="step")
     model.train()
-    t0, samples0 = time.time(), state["samples"]
+    clock = {"t0": time.time(), "samples0": state["samples"]}
     eval_every = cfg.eval_every or max(1, math.ceil(len(clips) / (cfg.batch_size * cfg.grad_accum * world)))
     try:
         while state["step"] < total_steps and not state["stopped"]:
-            batches = batch_order(clips.durations, cfg.batch_size, cfg.seed, state["epoch"])
-            groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-            groups = groups[: len(groups) // world * world or len(groups)][rank::world]
+            groups = epoch_groups(clips.durations, cfg, state["epoch"], world, rank)
             while state["group"] < len(groups) and state["step"] < total_steps:
-                group = groups[state["group"]]
-                n = sum(len(b) for b in group)
-                total_loss = train_step(model, group, loss_of, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+                total_loss = train_step(model, groups[state["group"]], loss_of, optimizer, scheduler, accelerator,
+                                        cfg.max_grad_norm)
+                state["samples"] += sum(len(b) for b in groups[state["group"]]) * world
                 state["group"] += 1
                 state["step"] += 1
-                state["samples"] += n * world
-                step = state["step"]
-                elapsed = state["train_s"] + time.time() - t0
-                sps = (state["samples"] - samples0) / max(time.time() - t0, 1e-9)
-                lr = scheduler.get_last_lr()[0]
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
-                if step % cfg.log_every == 0 or step == 1:
-                    log({"event": "train", "step": step, "epoch": state["epoch"], "loss": total_loss, "lr": lr,
-                         "samples_per_s": sps, "elapsed_s": elapsed})
-                if evals and (step % eval_every == 0 or step == total_steps):
-                    rec = run_evals(whisper, step, evals, cfg, state, log, train_s=elapsed)
-                    _select(state, rec, cfg)
-                    if cfg.stop_at and rec["valid"] <= cfg.stop_at and rec["guard_ok"]:
-                        state["stopped"] = f"reached valid {rec['metric'].upper()} {rec['valid']:.2%} <= {cfg.stop_at:.2%}"
+                elapsed = _elapsed(state, clock)
+                _report(state, clock, total_loss, scheduler, bar, log, cfg, elapsed)
+                if evals and (state["step"] % eval_every == 0 or state["step"] == total_steps):
+                    rec = run_evals(whisper, state["step"], evals, cfg, state, log, train_s=elapsed)
+                    _judge(rec, state, cfg)
                     if bar:
-                        bar.write(f"step {step}: {_fmt(rec)}")
-                    if cfg.patience and state["bad_evals"] >= cfg.patience:
-                        state["stopped"] = f"early stop: no better {rec['metric'].upper()} in {cfg.patience} evals"
-                    state["train_s"], t0, samples0 = elapsed, time.time(), state["samples"]
-                    save(step)
-                elif cfg.save_every and step % cfg.save_every == 0:
-                    state["train_s"], t0, samples0 = elapsed, time.time(), state["samples"]
-                    save(step)
-                after_step(step, state)
+                        bar.write(f"step {state['step']}: {_fmt(rec)}")
+                    _restart_clock(state, clock, elapsed)
+                    save(state["step"])
+                elif cfg.save_every and state["step"] % cfg.save_every == 0:
+                    _restart_clock(state, clock, elapsed)
+                    save(state["step"])
+                after_step(state["step"], state)
                 if state["stopped"]:
                     break
             else:
                 state["epoch"] += 1
                 state["group"] = 0
-        state["train_s"] += time.time() - t0
+        state["train_s"] += time.time() - clock["t0"]
         if state["step"] and (checkpoint.latest(ckdir) is None or checkpoint.steps(ckdir)[-1] != state["step"]):
             save(state["step"])
     finally:
         if bar:
             bar.close()
-        if log_file:
-            log_file.close()
-        if tb:
-            tb.close()
+        log.close()
     return state
+
+
+def _elapsed(state: dict, clock: dict) -> float:
+    return state["train_s"] + time.time() - clock["t0"]
+
+
+def _restart_clock(state: dict, clock: dict, elapsed: float) -> None:
+    """Evaluation and checkpoint time is not training time: the clock restarts after them, at `elapsed`
+    (the training seconds counted before they began)."""
+    state["train_s"] = elapsed
+    clock["t0"], clock["samples0"] = time.time(), state["samples"]
+
+
+def _report(state: dict, clock: dict, total_loss: float, scheduler, bar, log, cfg, elapsed: float) -> None:
+    """The progress bar's postfix and, every --log-every steps, a train line in the log."""
+    step = state["step"]
+    sps = (state["samples"] - clock["samples0"]) / max(time.time() - clock["t0"], 1e-9)
+    lr = scheduler.get_last_lr()[0]
+    if bar:
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
+    if step % cfg.log_every == 0 or step == 1:
+        log({"event": "train", "step": step, "epoch": state["epoch"], "loss": total_loss, "lr": lr,
+             "samples_per_s": sps, "elapsed_s": elapsed})
 
 
 def after_step(step: int, state: dict) -> None:
@@ -238,7 +267,7 @@ def after_step(step: int, state: dict) -> None:
     (by setting state["stopped"])."""
 
 
-def _select(state: dict, rec: dict, cfg) -> None:
+def select_checkpoint(state: dict, rec: dict, cfg) -> None:
     """Best = lowest valid error among evals that beat the base model's valid error and whose guard stayed
     within the threshold of the base model's. A checkpoint worse than the base on the domain is no candidate
     however well it keeps the guard: early on, one looping clip can put valid far above the base while the

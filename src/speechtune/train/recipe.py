@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -98,56 +97,6 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
     tmp.replace(saved)
 
 
-def setup_model(cfg: TrainConfig, model):
-    """Set what trains. Returns the peft wrapper (or None)."""
-    import torch
-
-    from ..models.registry import add_lora, set_checkpointing
-
-    for name, n, what in (("freeze_encoder_layers", len(model.get_encoder().layers), "encoder layers to freeze"),
-                          ("train_decoder_layers", len(model.get_decoder().layers), "top decoder layers to train")):
-        if not 0 <= getattr(cfg, name) <= n:
-            raise SpeechtuneError(f"option {name}: {getattr(cfg, name)} is not between 0 and {n}, this model's "
-                                  f"number of layers", f"pass how many {what} (0 = off)")
-    peft_model = None
-    model.requires_grad_(True)
-    if cfg.mode == "lora":
-        from peft import LoraConfig
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        bad = [t for t in cfg.lora_targets if t not in names]
-        if bad:
-            raise SpeechtuneError(f"lora_targets: no module named {', '.join(bad)} in this model",
-                                  f"Whisper's linear layers: {', '.join(sorted(names))}")
-        # Decoder-only adapters leave the encoder untouched, so its outputs can be cached like freeze-encoder.
-        targets = cfg.lora_targets if cfg.lora_encoder else (
-            r".*decoder\.layers\.\d+\.(.*\.)?(" + "|".join(map(re.escape, cfg.lora_targets)) + ")")
-        lconf = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                           target_modules=targets, bias="none")
-        peft_model = add_lora(model, lconf)  # injects adapters into `model` in place, freezes the rest
-    elif cfg.mode == "freeze-encoder":
-        model.get_encoder().requires_grad_(False)
-    encoder = model.get_encoder()
-    if cfg.freeze_encoder_layers:
-        for m in [encoder.conv1, encoder.conv2, encoder.embed_positions, *encoder.layers[: cfg.freeze_encoder_layers]]:
-            m.requires_grad_(False)
-    if cfg.train_decoder_layers:
-        decoder = model.get_decoder()
-        keep = decoder.layers[-cfg.train_decoder_layers:]
-        for n, p in decoder.named_parameters():
-            if not any(p is q for m in keep for q in m.parameters()) and not n.startswith("layer_norm"):
-                p.requires_grad_(False)
-    if cfg.spec_augment:
-        model.config.apply_spec_augment = True
-        model.config.mask_time_prob = cfg.mask_time_prob
-        model.config.mask_feature_prob = cfg.mask_feature_prob
-    if cfg.gradient_checkpointing:
-        model.config.use_cache = False
-        set_checkpointing(model, True, {"use_reentrant": False})
-    if not any(p.requires_grad for p in model.parameters()):
-        raise SpeechtuneError("nothing left to train with these freeze options")
-    return peft_model
-
-
 def _cache_note(cache, n_layers: int) -> str:
     if cache is None:
         return ""
@@ -206,20 +155,65 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     import torch
     from accelerate.utils import set_seed
 
-    from ..models import load_model
-    from ..models.registry import Whisper
-    from . import checkpoint
+    from ..families import family_for
     from .data import Clips, eval_rows, load_split
-    from .encoder_cache import EncoderCache, frozen_depth
-    from .loop import new_accelerator, train_loop
+    from .loop import train_loop
 
+    family = family_for(cfg.model)
     cfg = _check(cfg)
+    if cfg.mode not in family.MODES:
+        raise SpeechtuneError(f"--mode {cfg.mode}: the {family.NAME} family trains {', '.join(family.MODES)}")
     data, out = Path(cfg.data), Path(cfg.out)
     train_rows = load_split(data / "train.jsonl")
     valid_rows = load_split(data / "valid.jsonl", required=False)
     guard_rows = load_split(Path(cfg.guard)) if cfg.guard else []
     mixed = _mix_rows(cfg, len(train_rows), guard_rows)
+    accelerator = _accelerator(cfg)
+    if accelerator.is_main_process:
+        _prepare_out(cfg, out)
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        _plan_summary(cfg, len(train_rows))
 
+    bundle = family.load(cfg.model, device=str(accelerator.device), dtype=torch.float32)
+    hf_model = bundle.model
+    peft_model = family.setup_training(cfg, hf_model)
+    clips = Clips(train_rows + mixed, bundle.processor, hf_model.generation_config, cfg.language,
+                  hf_model.config.max_target_positions)
+    rows, eval_name = eval_rows(valid_rows, train_rows, cfg.eval_max_clips)
+    if eval_name != "valid":
+        accelerator.print("warning: valid.jsonl is empty; evaluating on a slice of train (memorisation, "
+                          "not generalisation)")
+    evals = {"valid": _eval_set(rows, cfg.language, bundle.multilingual)}
+    if guard_rows:
+        evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language, bundle.multilingual)
+    cache = _encoder_cache(cfg, hf_model, out, accelerator)
+    total = _total_steps(cfg, len(clips), accelerator.num_processes)
+    _plan_line(cfg, hf_model, clips, mixed, cache, total, accelerator)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    try:
+        state = train_loop(cfg, bundle, hf_model, clips, evals, cache, out, accelerator, total, progress=progress,
+                           loss=family.loss)
+    finally:
+        if cache:
+            cache.clear()
+            shutil.rmtree(out / "encoder_cache", ignore_errors=True)
+    if accelerator.is_main_process:
+        summary = _finish(cfg, family, state, hf_model, peft_model, bundle, accelerator, time.time() - start,
+                          eval_name, {"train": len(train_rows), "mixed": len(mixed)})
+        print(_final_message(summary, out), file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _accelerator(cfg: TrainConfig):
+    """The run's Accelerator: --precision auto is bf16 (else fp16) on a GPU, fp32 on a CPU."""
+    import torch
+
+    from .loop import new_accelerator
     use_cuda = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     precision = cfg.precision
     if precision == "auto":
@@ -229,98 +223,66 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         # not the default: CPUs without these instructions emulate bf16 and get slower
         accelerator.print("note: this CPU computes bf16 natively; --precision bf16 trains about 1.5x faster "
                           "(docs/benchmarks.md, train speed)", file=sys.stderr)
-    if accelerator.is_main_process:
-        _prepare_out(cfg, out)
-    accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        _plan_summary(cfg, len(train_rows))
+    return accelerator
 
-    whisper = load_model(cfg.model, device=str(accelerator.device), dtype=torch.float32)
-    hf_model = whisper.model
-    peft_model = setup_model(cfg, hf_model)
-    gen = hf_model.generation_config
-    max_len = hf_model.config.max_target_positions
-    clips = Clips(train_rows + mixed, whisper.processor, gen, cfg.language, max_len)
-    rows, eval_name = eval_rows(valid_rows, train_rows, cfg.eval_max_clips)
-    if eval_name != "valid":
-        accelerator.print("warning: valid.jsonl is empty; evaluating on a slice of train (memorisation, "
-                          "not generalisation)")
-    evals = {"valid": _eval_set(rows, cfg.language, whisper.multilingual)}
-    if guard_rows:
-        evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language, whisper.multilingual)
+
+def _encoder_cache(cfg: TrainConfig, hf_model, out: Path, accelerator):
+    """The cache of the frozen encoder bottom's outputs, or None when nothing below the trained part is
+    frozen or augmentation changes the input at every epoch."""
+    from .encoder_cache import EncoderCache, frozen_depth
     augment = cfg.speed_perturb or cfg.noise_snr is not None or cfg.spec_augment
     depth = None if augment else frozen_depth(hf_model.get_encoder())
-    cache = None if depth is None else EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb, depth,
-                                                    autocast=accelerator.autocast)
+    return None if depth is None else EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb, depth,
+                                                   autocast=accelerator.autocast)
 
+
+def _total_steps(cfg: TrainConfig, n_clips: int, world: int) -> int:
+    """--max-steps, else --epochs passes: each pass is ceil(batches / grad_accum / world) steps, what every
+    rank runs (loop.epoch_groups pads the groups to a multiple of the world size)."""
+    steps_per_epoch = math.ceil(math.ceil(n_clips / cfg.batch_size) / cfg.grad_accum / world)
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def _plan_line(cfg: TrainConfig, hf_model, clips, mixed, cache, total: int, accelerator) -> None:
     world = accelerator.num_processes
-    steps_per_epoch = math.ceil(math.ceil(len(clips) / cfg.batch_size) / cfg.grad_accum / world)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     trainable = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
-    accelerator.print(f"training {cfg.mode}: {len(clips)} clips{f' ({len(mixed)} from --mix)' if mixed else ''}, {total} steps of {cfg.batch_size * cfg.grad_accum * world} "
+    accelerator.print(f"training {cfg.mode}: {len(clips)} clips{f' ({len(mixed)} from --mix)' if mixed else ''}, "
+                      f"{total} steps of {cfg.batch_size * cfg.grad_accum * world} "
                       f"clips, lr {cfg.lr:g}, {trainable / 1e6:.1f}M trainable parameters"
                       f"{_cache_note(cache, len(hf_model.get_encoder().layers))}")
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.time()
-    try:
-        state = train_loop(cfg, Whisper(hf_model, whisper.processor, whisper.path, whisper.multilingual), hf_model,
-                           clips, evals, cache, out, accelerator, total, progress=progress)
-    finally:
-        if cache:
-            cache.clear()
-            shutil.rmtree(out / "encoder_cache", ignore_errors=True)
-
-    if accelerator.is_main_process:
-        chosen = state["best"] if state["best"] is not None else state["best_any"]
-        if chosen is None:
-            chosen = state["step"]
-        weights, _ = checkpoint.load(out / "checkpoints" / f"step-{chosen:06d}")
-        checkpoint.load_weights(hf_model, weights)
-        _export(hf_model, peft_model, whisper, out)
-        summary = _summary(cfg, state, chosen, data, time.time() - start, accelerator, eval_name,
-                           {"train": len(train_rows), "mixed": len(mixed)})
-        tmp = out / "training_summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(out / "training_summary.json")
-        print(_final_message(summary, out), file=sys.stderr)
-    accelerator.wait_for_everyone()
-    return out
 
 
-def _export(hf_model, peft_model, whisper, out: Path) -> None:
-    """Write the HF folder into a temporary folder, then move each file into place (each move atomic;
-    training_summary.json, written after, marks a complete folder)."""
-    from ..models.registry import set_checkpointing
+def _finish(cfg: TrainConfig, family, state, hf_model, peft_model, bundle, accelerator, wall: float, eval_name,
+            clips: dict) -> dict:
+    """Load the chosen checkpoint, write the model folder, then training_summary.json (which marks it
+    complete). Main process only."""
+    from ..files import write_atomic
+    from . import checkpoint
+    out = Path(cfg.out)
+    chosen = state["best"] if state["best"] is not None else state["best_any"]
+    if chosen is None:
+        chosen = state["step"]
+    weights, _ = checkpoint.load(out / "checkpoints" / f"step-{chosen:06d}")
+    checkpoint.load_weights(hf_model, weights)
+    _export(family, hf_model, peft_model, bundle, out)
+    summary = _summary(cfg, state, chosen, Path(cfg.data), wall, accelerator, eval_name, clips)
+    write_atomic(out / "training_summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
 
+
+def _export(family, hf_model, peft_model, bundle, out: Path) -> None:
+    """Write the model folder (the family's `save`) into a temporary folder, then move each file into place
+    (each move atomic; training_summary.json, written after, marks a complete folder)."""
     tmp = out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model = hf_model
-    if peft_model is not None:
-        peft_model.save_pretrained(str(tmp / "adapter"))
-        _fix_adapter_base(tmp / "adapter", whisper.path)
-        model = peft_model.merge_and_unload()
-    set_checkpointing(model, False)
-    model.config.use_cache = True
-    model.config.apply_spec_augment = False
-    model.save_pretrained(str(tmp))
-    whisper.processor.save_pretrained(str(tmp))
-    whisper.processor.feature_extractor.save_pretrained(str(tmp))  # preprocessor_config.json for faster-whisper
+    family.save(hf_model, peft_model, bundle, tmp)
     for p in sorted(tmp.iterdir()):
         target = out / p.name
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(p, target)
     tmp.rmdir()
-
-
-def _fix_adapter_base(adapter: Path, base: Path) -> None:
-    cfg_path = adapter / "adapter_config.json"
-    c = json.loads(cfg_path.read_text(encoding="utf-8"))
-    c["base_model_name_or_path"] = str(base)
-    cfg_path.write_text(json.dumps(c, indent=2), encoding="utf-8")
 
 
 def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name, clips: dict) -> dict:

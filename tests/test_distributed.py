@@ -1,0 +1,60 @@
+"""Training under a distributed launcher: every rank takes part in every step, an epoch is one pass.
+
+`torchrun --nproc_per_node 2 -m speechtune.cli train ...` on 6 clips (one batch of 8 for two processes) used
+to hang: one rank got no batch group and spun through empty epochs while the other waited in its
+all-reduce. Two CPU processes with gloo run here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from speechtune.train.config import TrainConfig
+from speechtune.train.loop import epoch_groups
+
+
+@pytest.mark.parametrize("n_clips, batch, accum, world", [(6, 8, 1, 2), (10, 2, 1, 3), (9, 2, 2, 2), (1, 4, 1, 2),
+                                                          (16, 4, 1, 2), (7, 1, 3, 4)])
+def test_every_rank_gets_the_same_steps_and_an_epoch_covers_every_clip(n_clips, batch, accum, world):
+    cfg = TrainConfig(batch_size=batch, grad_accum=accum, seed=3)
+    per_rank = [epoch_groups([1.0 + i % 5 for i in range(n_clips)], cfg, 0, world, r) for r in range(world)]
+    steps = {len(groups) for groups in per_rank}
+    assert steps == {math.ceil(math.ceil(n_clips / batch) / accum / world)}  # what train counts as an epoch
+    seen = [i for groups in per_rank for group in groups for b in group for i in b]
+    assert set(seen) == set(range(n_clips))
+    # padding repeats whole groups only, and only as many as the last round lacks
+    assert len(seen) - n_clips < world * batch * accum
+
+
+@pytest.mark.parametrize("n_clips, batch, steps", [(6, 8, 2), (8, 2, 4)])
+def test_two_processes_train_to_the_end(tiny_whisper_dir, tmp_path, n_clips, batch, steps):
+    """Fewer clips than processes x batch size (the case that hung), and a set that fills both ranks."""
+    from speechtune.audio import write_wav
+    from speechtune.synth import speak
+
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    rows = []
+    words = ["one two three", "four five six", "seven eight", "nine ten", "eleven", "twelve", "thirteen", "go"]
+    for i, text in enumerate(words[:n_clips]):
+        write_wav(data / "audio" / f"{i}.wav", speak(text))
+        rows.append({"audio": f"audio/{i}.wav", "text": text, "language": "en"})
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    out = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "speechtune.cli", "train", "--model", str(tiny_whisper_dir), "--data", str(data), "--out",
+           str(out), "--mode", "full", "--batch-size", str(batch), "--epochs", "2", "--no-tensorboard", "--lr", "1e-3"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    # 6 clips at batch 8: one group, padded to one per rank -> 1 step an epoch; 8 at batch 2: 2 per rank
+    assert summary["steps"] == steps and summary["processes"] == 2, summary
+    assert (out / "model.safetensors").is_file()
+    assert r.stderr.count("trained ") == 1  # the model folder and summary are written by one process
