@@ -13,7 +13,7 @@ from speechtune.audio import write_wav
 from speechtune.cli import main
 from speechtune.compare import compare, paired
 from speechtune.evaluate import evaluate
-from speechtune.report.html import order_clips, render
+from speechtune.report.html import render
 from speechtune.runtimes import DecodingOptions
 
 SENTENCES = ["Scale the deployment to three replicas.", "The kubelet restarts the pod."]
@@ -107,19 +107,6 @@ def test_cli_bad_manifest_line_is_one_line_error(tiny_whisper_dir, manifest, tmp
     assert err.startswith(f"error: {bad}:3: file not found")
 
 
-def _clip(change, base_rate, tuned_rate, name):
-    side = lambda rate: {"hyp": "", "hyp_norm": "a b", "errors": 0, "sub": 0, "del": 0, "ins": 0,  # noqa: E731
-                         "error_rate": rate, "loop": False, "empty": False, "too_long": False}
-    return {"audio": name, "source": name, "ref_norm": "a b", "units": 2, "change": change,
-            "base": side(base_rate), "tuned": side(tuned_rate)}
-
-
-def test_diff_table_lists_worse_clips_first():
-    clips = [_clip(-3, 1, 0, "better3"), _clip(0, 0, 0, "same"), _clip(1, 0, .5, "worse1"),
-             _clip(4, 0, 1, "worse4"), _clip(-1, .5, 0, "better1")]
-    assert [c["audio"] for c in order_clips(clips)] == ["worse4", "worse1", "better3", "better1", "same"]
-
-
 def test_report_marks_word_errors():
     rows = [{"audio": "a.wav", "text": "turn the lights off", "line": 1, "language": "en"}]
     base = {"hyps": ["turn the light off"], "processing_s": 1.0, "audio_s": 2.0, "model": "base"}
@@ -153,14 +140,6 @@ def test_bundled_tiny_en_scores_synthesized_speech(manifest, tmp_path):
     assert m["wer"] < 0.6, [p["hyp"] for p in m["predictions"]]
     assert "deployment" in m["predictions"][0]["hyp_norm"]
     assert m["rtf"] > 0 and m["hallucination"]["empty"] == 0
-
-
-def test_score_language_fallbacks():
-    from speechtune.evaluate import score_language
-    rows = [{"text": "hello", "language": "fr"}, {"text": "hello"}, {"text": "广州市房地产"}]
-    assert score_language(rows, None, multilingual=False) == ["fr", "en", "en"]
-    assert score_language(rows, None, multilingual=True) == ["fr", None, "zh"]
-    assert score_language(rows, "de", multilingual=True) == ["fr", "de", "de"]
 
 
 def test_chinese_compare_uses_cer_and_character_diff():

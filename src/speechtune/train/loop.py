@@ -6,6 +6,7 @@ Under `accelerate launch` each process takes every world_size-th group of batche
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -135,6 +136,28 @@ def epoch_groups(durations: list[float], cfg, epoch: int, world: int, rank: int)
     return groups[rank::world]
 
 
+def _save(ckdir: Path, hf_model, optimizer, scheduler, state: dict, cfg, accelerator, step: int) -> None:
+    """A checkpoint of `step` (trainable weights, optimizer, schedule, loop state, RNG), written by the main
+    process while the others wait; old ones pruned, the chosen ones kept."""
+    if accelerator.is_main_process:
+        trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+                   "rng": checkpoint.rng_state()}
+        checkpoint.save(ckdir, step, checkpoint.trainable_state(hf_model), trainer)
+        keep = {s for s in (state["best"], state["best_any"]) if s is not None}
+        checkpoint.prune(ckdir, cfg.keep_checkpoints, keep)
+    accelerator.wait_for_everyone()
+
+
+def _optimizer(cfg, hf_model, accelerator, total_steps: int):
+    """AdamW and the warmup-then-decay schedule, the model and optimizer wrapped for the launcher (DDP)."""
+    from transformers import get_scheduler
+    optimizer = adamw(hf_model, cfg.lr, cfg.weight_decay)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(hf_model, optimizer)
+    return model, optimizer, scheduler
+
+
 def _resume(ckdir: Path, hf_model, optimizer, scheduler, accelerator, total_steps: int) -> dict:
     """The loop's state: from the latest checkpoint (weights, optimizer, schedule, RNG), else fresh."""
     state = {"step": 0, "epoch": 0, "group": 0, "evals": [], "best": None, "best_any": None, "bad_evals": 0,
@@ -165,28 +188,17 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
     """Train to `total_steps` (or a stop), evaluating, checkpointing and logging on the way; returns the loop's
     state (evals, chosen steps). `loss(model, clips, idx, cache, cfg, step)` is the family's batch loss."""
     import torch
-    from transformers import get_scheduler
 
     ckdir = out / "checkpoints"
     checkpoint.sweep(ckdir)
     world, rank = accelerator.num_processes, accelerator.process_index
-    optimizer = adamw(hf_model, cfg.lr, cfg.weight_decay)
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(hf_model, optimizer)
+    model, optimizer, scheduler = _optimizer(cfg, hf_model, accelerator, total_steps)
     state = _resume(ckdir, hf_model, optimizer, scheduler, accelerator, total_steps)
     log = RunLog(out, accelerator, cfg.tensorboard)
 
-    def save(step: int) -> None:
-        if accelerator.is_main_process:
-            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
-                       "rng": checkpoint.rng_state()}
-            checkpoint.save(ckdir, step, checkpoint.trainable_state(hf_model), trainer)
-            keep = {s for s in (state["best"], state["best_any"]) if s is not None}
-            checkpoint.prune(ckdir, cfg.keep_checkpoints, keep)
-        accelerator.wait_for_everyone()
+    save = functools.partial(_save, ckdir, hf_model, optimizer, scheduler, state, cfg, accelerator)
 
-    def loss_of(idx):
+    def loss_of(idx):  # a non-finite loss stops the run before the optimizer steps on it
         value = loss(model, clips, idx, cache, cfg, state["step"])
         if not torch.isfinite(value):
             raise _diverged(value, state, ckdir, scheduler)
@@ -194,10 +206,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
 
     if not state["evals"] and evals:  # the base model's scores: what every later eval is compared with
         accelerator.print(f"base model: {_fmt(run_evals(whisper, 0, evals, cfg, state, log))}")
-    bar = None
-    if progress and accelerator.is_main_process:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=state["step"], desc=f"train ({cfg.mode})", unit="step")
+    bar = _bar(cfg, state, total_steps) if progress and accelerator.is_main_process else None
     model.train()
     clock = {"t0": time.time(), "samples0": state["samples"]}
     eval_every = cfg.eval_every or max(1, math.ceil(len(clips) / (cfg.batch_size * cfg.grad_accum * world)))
@@ -212,14 +221,13 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
                 state["step"] += 1
                 elapsed = _elapsed(state, clock)
                 _report(state, clock, total_loss, scheduler, bar, log, cfg, elapsed)
-                if evals and (state["step"] % eval_every == 0 or state["step"] == total_steps):
+                at_eval = evals and (state["step"] % eval_every == 0 or state["step"] == total_steps)
+                if at_eval:
                     rec = run_evals(whisper, state["step"], evals, cfg, state, log, train_s=elapsed)
                     _judge(rec, state, cfg)
                     if bar:
                         bar.write(f"step {state['step']}: {_fmt(rec)}")
-                    _restart_clock(state, clock, elapsed)
-                    save(state["step"])
-                elif cfg.save_every and state["step"] % cfg.save_every == 0:
+                if at_eval or (cfg.save_every and state["step"] % cfg.save_every == 0):
                     _restart_clock(state, clock, elapsed)
                     save(state["step"])
                 after_step(state["step"], state)
@@ -229,13 +237,18 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
                 state["epoch"] += 1
                 state["group"] = 0
         state["train_s"] += time.time() - clock["t0"]
-        if state["step"] and (checkpoint.latest(ckdir) is None or checkpoint.steps(ckdir)[-1] != state["step"]):
+        if state["step"] and checkpoint.steps(ckdir)[-1:] != [state["step"]]:  # the last step is always kept
             save(state["step"])
     finally:
         if bar:
             bar.close()
         log.close()
     return state
+
+
+def _bar(cfg, state: dict, total_steps: int):
+    from tqdm import tqdm
+    return tqdm(total=total_steps, initial=state["step"], desc=f"train ({cfg.mode})", unit="step")
 
 
 def _elapsed(state: dict, clock: dict) -> float:
