@@ -211,3 +211,44 @@ def test_read_manifest_bad_line_names_file_and_line(tmp_path, line, says):
 def test_read_manifest_missing_file(tmp_path):
     with pytest.raises(SpeechtuneError, match="manifest not found"):
         read_manifest(tmp_path / "nope.jsonl")
+
+
+LOOP_673 = "Restart n.14.14.13" + ".14" * 218  # what a fine-tuned tiny.en wrote for a 3 s clip
+
+
+def test_raw_flags_catch_a_loop_the_normaliser_folds():
+    from speechtune.evaluation import score_rows
+    from speechtune.metrics.hallucination import raw_flags
+    rows = [{"audio": "a.wav", "text": "Restart Envoy before you upgrade Grafana.", "language": "en"},
+            {"audio": "b.wav", "text": "Define the term before you use it.", "language": "en"},
+            {"audio": "c.wav", "text": "And so my fellow Americans, ask not what your country can do for you.",
+             "language": "en"}]
+    hyps = [LOOP_673, "the term the term the term", "And so my fellow Americans ask not what your country can do for you"]
+    s = score_rows(rows, hyps, ["en"] * 3, seconds=[3.0, 2.5, 7.0])
+    p = s["predictions"]
+    assert len(LOOP_673) == 672 and p[0]["raw_loop"] and p[0]["loop"]
+    assert p[0]["compression_ratio"] > 2.4 and p[0]["chars_per_s"] > 200 and p[0]["repeated"].startswith(".14")
+    assert p[1]["loop"] and not p[2]["loop"] and not p[2]["raw_loop"]
+    assert p[1]["raw_loop"] and s["hallucination"]["loops"] == 2 and s["hallucination"]["raw_loops"] == 2
+    for text, seconds in [("今天天气很好，我们去公园散步吧。", 3.0), ("1, 2, 3, 4, 5, 6, 7, 8, 9, 10", 4.0),
+                          ("very very very good", 2.0), ("no no no no", 1.5), ("", 1.0)]:
+        assert not raw_flags(text, seconds)["raw_loop"], text
+    assert raw_flags("you " * 60, 3600.0)["raw_loop"]  # a hallucination on an hour of silence
+
+
+def test_verdict_names_a_new_loop():
+    from speechtune.compare import loop_note, paired
+    rows = [{"audio": f"{i}.wav", "text": t, "line": i, "language": "en"}
+            for i, t in enumerate(["restart envoy before you upgrade grafana", "scale the deployment now",
+                                   "the kubelet restarts the pod"])]
+    base = {"hyps": ["restore envoy before you upgrade grafana", "scale the employment now", "the cubelet restarts"],
+            "seconds": [3.0, 2.0, 2.0], "processing_s": 1.0, "audio_s": 7.0, "model": "base"}
+    tuned = {"hyps": [LOOP_673, "scale the deployment now", "the kubelet restarts the pod"],
+             "seconds": [3.0, 2.0, 2.0], "processing_s": 1.0, "audio_s": 7.0, "model": "tuned"}
+    m, clips = paired(rows, base, tuned, ["en"] * 3, None, 1000, 0)
+    assert m["verdict_line"].endswith(", but 1 clip loop (base 0)") and m["new_loops"] == 1
+    assert clips[0]["tuned"]["raw_loop"] and not clips[0]["base"]["raw_loop"]
+    assert loop_note(2, 2) == "" and loop_note(0, 3) == ", but 3 clips loop (base 0)"
+    from speechtune.report.html import order_clips, render
+    assert order_clips(clips)[0]["audio"] == "0.wav"  # the looping clip leads the diff table
+    assert "(loops: 672 characters)" in render(m | {"data": "t.jsonl", "guard": None}, clips)

@@ -9,6 +9,7 @@ Writes DIR/metrics.json, predictions.jsonl (+ guard_predictions.jsonl), report.h
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 
 from .errors import SpeechtuneError
@@ -18,7 +19,8 @@ from .files import write_atomic, write_json, write_jsonl
 from .metrics.bootstrap import paired_bootstrap, verdict, verdict_line
 from .runtimes import DecodingOptions, check_options, warm_up
 
-CLIP_KEYS = ("hyp", "hyp_norm", "errors", "sub", "del", "ins", "error_rate", "loop", "empty", "too_long")
+CLIP_KEYS = ("hyp", "hyp_norm", "errors", "sub", "del", "ins", "error_rate", "loop", "empty", "too_long",
+             "raw_loop", "compression_ratio", "chars_per_s", "repeated")
 
 
 def add_arguments(p) -> None:
@@ -32,6 +34,8 @@ def add_arguments(p) -> None:
     add_decoding_arguments(p)
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000; at least 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--fail-on-hallucination", action="store_true",
+                   help="exit 1 when the tuned model loops on more clips than the base (test set or guard)")
 
 
 def paired(rows: list[dict], base_run: dict, tuned_run: dict, languages: list, metric: str | None,
@@ -39,7 +43,7 @@ def paired(rows: list[dict], base_run: dict, tuned_run: dict, languages: list, m
     """Score both runs on the same rows; returns (summary, per-clip paired rows)."""
     sides = {}
     for side, run in (("base", base_run), ("tuned", tuned_run)):
-        s = score_rows(rows, run["hyps"], languages, metric)
+        s = score_rows(rows, run["hyps"], languages, metric, run.get("seconds"))
         s.pop("clips_scored")
         sides[side] = (s, run)
     (sb, rb), (st, rt) = sides["base"], sides["tuned"]
@@ -52,7 +56,9 @@ def paired(rows: list[dict], base_run: dict, tuned_run: dict, languages: list, m
         "tuned": {"model": rt["model"], **st, **speed(rt, len(rows)), "ci95": boot["tuned_ci95"]},
         "delta": boot["delta"], "ci95": boot["ci95"], "p_value": boot["p_value"],
         "n_resamples": n_resamples, "seed": seed, "verdict": verdict(boot),
-        "verdict_line": verdict_line(sb["metric"], sb["error_rate"], st["error_rate"], boot),
+        "verdict_line": verdict_line(sb["metric"], sb["error_rate"], st["error_rate"], boot)
+        + loop_note(sb["hallucination"]["loops"], st["hallucination"]["loops"]),
+        "new_loops": max(0, st["hallucination"]["loops"] - sb["hallucination"]["loops"]),
     }
     clips = []
     for b, t in zip(pb, pt):
@@ -60,6 +66,14 @@ def paired(rows: list[dict], base_run: dict, tuned_run: dict, languages: list, m
                      | {"base": {k: b[k] for k in CLIP_KEYS}, "tuned": {k: t[k] for k in CLIP_KEYS},
                         "change": t["errors"] - b["errors"]})
     return summary, clips
+
+
+def loop_note(base_loops: int, tuned_loops: int) -> str:
+    """What the verdict line adds when the tuned model loops on more clips than the base: an error rate can
+    improve while a few clips run away (the normaliser may even fold the loop into a few tokens)."""
+    if tuned_loops <= base_loops:
+        return ""
+    return f", but {tuned_loops} clip{'s' if tuned_loops != 1 else ''} loop (base {base_loops})"
 
 
 def compare(base, tuned, data, guard=None, guard_threshold: float = 1.0, out: str | Path | None = None,
@@ -134,4 +148,9 @@ def main(args) -> int:
     if guard_line(r):
         print(guard_line(r))
     print(f"report: {Path(args.out) / 'report.html'} (metrics.json, comparison.png, predictions.jsonl beside it)")
+    new_loops = r["new_loops"] + ((r.get("guard") or {}).get("new_loops") or 0)
+    if args.fail_on_hallucination and new_loops:
+        print(f"failing: the tuned model loops on {new_loops} more clip(s) than the base (--fail-on-hallucination)",
+              file=sys.stderr)
+        return 1
     return 0

@@ -56,7 +56,7 @@ def evaluate(model_or_spec, manifest, options: DecodingOptions | None = None, me
     run = transcribe_rows(runtime, rows, options, where, progress)
     langs = score_language(rows, options.language, runtime.multilingual)
     result = {"model": model_name(model_or_spec, runtime), "data": where, "clips": len(rows),
-              **score_rows(rows, run["hyps"], langs, metric), **speed(run, len(rows)),
+              **score_rows(rows, run["hyps"], langs, metric, run["seconds"]), **speed(run, len(rows)),
               "decoding": decoding_record(options)}
     if out is not None:
         out = Path(out)

@@ -50,21 +50,24 @@ def load_clip(row: dict, where: str) -> np.ndarray:
 
 def transcribe_rows(runtime, rows: list[dict], options: DecodingOptions, where: str = "<rows>",
                     progress: bool = True) -> dict:
-    """Hypotheses for every row, in order, and the seconds the model spent on them. Each clip is decoded in
+    """Hypotheses for every row, in order, each clip's length (`seconds`) and the seconds the model spent on
+    them (`processing_s`). Each clip is decoded in
     the language its line gives, else the options'; audio is loaded CHUNK clips at a time."""
     hyps: list[str] = []
+    durations: list[float] = []
     seconds = audio_s = 0.0
     bar = _bar(len(rows), progress)
     for start in range(0, len(rows), CHUNK):
         part = rows[start:start + CHUNK]
         wavs = [load_clip(r, where) for r in part]
+        durations += [len(w) / SAMPLE_RATE for w in wavs]
         audio_s += sum(len(w) for w in wavs) / SAMPLE_RATE
         t0 = time.perf_counter()
         hyps += transcribe_many(runtime, wavs, options, [r.get("language") or options.language for r in part])
         seconds += time.perf_counter() - t0
         bar.update(len(part))
     bar.close()
-    return {"hyps": hyps, "processing_s": seconds, "audio_s": audio_s}
+    return {"hyps": hyps, "seconds": durations, "processing_s": seconds, "audio_s": audio_s}
 
 
 def _bar(total: int, progress: bool):
@@ -80,14 +83,18 @@ def score_language(rows: list[dict], language: str | None, multilingual: bool) -
     return [r.get("language") or fallback or guess_language(r["text"]) for r in rows]
 
 
-def score_rows(rows: list[dict], hyps: list[str], languages: list[str | None], metric: str | None = None) -> dict:
-    """Corpus figures plus `predictions` (one dict per clip) and hallucination counts."""
+def score_rows(rows: list[dict], hyps: list[str], languages: list[str | None], metric: str | None = None,
+               seconds: list[float] | None = None) -> dict:
+    """Corpus figures plus `predictions` (one dict per clip) and hallucination counts. Each clip's flags look
+    at its normalised units and at the raw hypothesis (`seconds`: each clip's length, for characters per
+    second; from transcribe_rows)."""
     s = score_corpus([r["text"] for r in rows], hyps, language=languages, metric=metric)
     split = words if s["metric"] == "wer" else chars
     flags = []
     preds = []
-    for row, hyp, c in zip(rows, hyps, s.pop("clips")):
-        f = hallucination.clip_flags(split(c["ref_norm"]), split(c["hyp_norm"]), c["ins"])
+    for i, (row, hyp, c) in enumerate(zip(rows, hyps, s.pop("clips"))):
+        f = hallucination.clip_flags(split(c["ref_norm"]), split(c["hyp_norm"]), c["ins"], raw=hyp,
+                                     seconds=seconds[i] if seconds else row.get("duration"))
         flags.append(f)
         preds.append({"audio": row["audio"], "source": row.get("source"), "line": row.get("line"),
                       "ref": row["text"], "hyp": hyp, **c, **f})

@@ -25,7 +25,7 @@ def check(model_dir, runtime, data, max_wer_delta: float, options: DecodingOptio
         runs[side] = transcribe_rows(rt, rows, options, where, progress)
         langs = score_language(rows, options.language, rt.multilingual)
         metric = scores["pytorch"]["metric"] if scores else None
-        scores[side] = score_rows(rows, runs[side]["hyps"], langs, metric=metric)
+        scores[side] = score_rows(rows, runs[side]["hyps"], langs, metric=metric, seconds=runs[side]["seconds"])
         del rt
     metric = scores["pytorch"]["metric"]
     delta = 100 * (scores["exported"]["error_rate"] - scores["pytorch"]["error_rate"])

@@ -37,7 +37,7 @@ thead th{background:#eceff3;font-weight:600}
 .diff tr.down td.num:first-child{color:#1f7a43;font-weight:600}
 table.figs-t{max-width:860px}
 .lbl{display:inline-block;width:44px;color:#6b7480;font-size:11px;text-transform:uppercase}
-.line{margin:1px 0}.clip{color:#6b7480;font-size:11px;word-break:break-all}
+.line{margin:1px 0}.line.flag{color:#b3261e}.clip{color:#6b7480;font-size:11px;word-break:break-all}
 .s{background:#fde3b5;border-radius:3px;padding:0 2px}.i{background:#cfe2fb;border-radius:3px;padding:0 2px}
 .d{background:#f7d0d5;text-decoration:line-through;border-radius:3px;padding:0 2px;color:#8a1c2b}
 .legend span{margin-right:12px}.pos{color:#d6453d}.neg{color:#2e9d57}
@@ -103,9 +103,16 @@ def _marked(ref: list[str], hyp: list[str], joiner: str) -> str:
     return body if hyp else f'<span class="sub">(no output)</span> {body}'
 
 
+def _flagged(c: dict) -> bool:
+    """The tuned model loops or runs on where the base did not."""
+    return any(c["tuned"].get(k) and not c["base"].get(k) for k in ("loop", "too_long"))
+
+
 def order_clips(clips: list[dict]) -> list[dict]:
-    """Clips that got worse first (largest increase first), then improved (largest drop first), then same."""
-    return sorted(clips, key=lambda c: (0 if c["change"] > 0 else 1 if c["change"] < 0 else 2, -abs(c["change"]),
+    """Clips the tuned model newly loops or runs on first, then those that got worse (largest increase first),
+    then improved (largest drop first), then same."""
+    return sorted(clips, key=lambda c: (not _flagged(c), 0 if c["change"] > 0 else 1 if c["change"] < 0 else 2,
+                                        -abs(c["change"]),
                                         -abs(c["tuned"]["error_rate"] - c["base"]["error_rate"])))
 
 
@@ -120,6 +127,9 @@ def _diff_table(clips: list[dict], metric: str) -> str:
         for side in ("base", "tuned"):
             hyp = split(c[side]["hyp_norm"])
             lines.append(f'<div class="line"><span class="lbl">{side}</span>{_marked(ref, hyp, joiner)}</div>')
+        if _flagged(c):  # the raw text, as the model wrote it: the normalised form may hide the loop
+            lines.append(f'<div class="line flag"><span class="lbl">raw</span>{html.escape(c["tuned"]["hyp"][:300])}'
+                         f' <b>(loops: {len(c["tuned"]["hyp"])} characters)</b></div>')
         rows.append(
             f'<tr class="{kind}"><td class="num">{c["change"]:+d}</td>'
             f'<td class="num">{c["base"]["errors"]} &rarr; {c["tuned"]["errors"]}<br>'
