@@ -34,3 +34,36 @@ def test_decode_formats_rates_and_stereo(tmp_path):
         spectrum = np.abs(np.fft.rfft(wav[4000:20000]))  # 16000 samples at 16 kHz: 1 Hz bins
         tone_hz = 300 * 48000 / 44100 if ext == "opus" else 300
         assert abs(np.argmax(spectrum) - tone_hz) < 5, ext
+
+
+def _silence_flac(path, seconds: float, sr: int = 8000) -> None:
+    import soundfile as sf
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=1, format="FLAC", subtype="PCM_16") as f:
+        block = np.zeros(sr * 60, dtype=np.int16)
+        for _ in range(int(seconds // 60)):
+            f.write(block)
+
+
+def test_audio_over_the_cap_is_refused_from_its_header(tmp_path):
+    import time
+
+    import pytest
+
+    from speechtune.audio import AudioError, header_seconds
+    flac = tmp_path / "hour.flac"
+    _silence_flac(flac, 3600)
+    data = flac.read_bytes()
+    assert len(data) < 2_000_000 and header_seconds(str(flac)) == pytest.approx(3600)
+    t = time.perf_counter()
+    with pytest.raises(AudioError) as e:
+        decode(data, "hour.flac", max_seconds=1800)
+    assert e.value.reason == "audio_too_long" and "3600 s of audio; at most 1800 s" in e.value.detail
+    assert time.perf_counter() - t < 1.0  # told from the header, not by decoding an hour
+    # a WAV whose header claims 8 Hz: 9.4 KB that would become minutes of audio at 16 kHz
+    import wave
+    with wave.open(str(tmp_path / "8hz.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8)
+        w.writeframes(np.zeros(4800, dtype="<i2").tobytes())
+    with pytest.raises(AudioError, match="600 s of audio"):
+        decode(tmp_path / "8hz.wav", max_seconds=60)
+    assert len(decode(tmp_path / "8hz.wav")) == 600 * 16000  # without a cap it decodes, as before

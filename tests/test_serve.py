@@ -299,3 +299,16 @@ def test_any_spec_is_exported_to_ct2_in_cache_or_served_through_hf(clip, tiny_wh
         assert "lazy dog" in post(s.url, clip.read_bytes()).json()["text"].lower()
         r = post(s.url, clip.read_bytes(), data={"model": "m", "response_format": "verbose_json"})
         assert r.status_code == 200 and r.json()["segments"]
+
+
+def test_an_upload_longer_than_the_cap_gets_413_quickly(random_ct2, tmp_path):
+    import soundfile as sf
+    flac = tmp_path / "hour.flac"
+    with sf.SoundFile(str(flac), "w", samplerate=8000, channels=1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(60):
+            f.write(np.zeros(8000 * 60, dtype=np.int16))
+    with start_server(random_ct2, max_audio_seconds=600) as s:
+        t = time.perf_counter()
+        r = post(s.url, flac.read_bytes())
+        assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long"
+        assert "at most 600 s" in r.json()["error"]["message"] and time.perf_counter() - t < 5

@@ -23,7 +23,7 @@ WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
 
 
 class AudioError(SpeechtuneError):
-    """reason is one of: missing_file, empty_audio, undecodable, non_finite."""
+    """reason is one of: missing_file, empty_audio, undecodable, non_finite, audio_too_long."""
 
     def __init__(self, source: str, reason: str, detail: str):
         super().__init__(f"{source}: {detail}")
@@ -36,7 +36,15 @@ def _decode_soundfile(src) -> tuple[np.ndarray, int]:
     return data.mean(axis=1), sr
 
 
-def _decode_av(src) -> tuple[np.ndarray, int]:
+class TooLong(Exception):
+    """Raised inside a decoder once the audio passes `max_seconds`; decode() turns it into an AudioError."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+def _decode_av(src, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     import av
     with av.open(src) as container:
         if not container.streams.audio:
@@ -45,10 +53,13 @@ def _decode_av(src) -> tuple[np.ndarray, int]:
         sr = stream.codec_context.sample_rate or stream.rate
         # The resampler only converts sample format and layout here; soxr does the rate change, better.
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-        chunks = []
+        chunks, n = [], 0
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
+                n += chunks[-1].size
+            if max_seconds is not None and n > max_seconds * sr:  # stop decoding: no header said how long
+                raise TooLong(n / sr)
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
     if not chunks:
@@ -63,8 +74,38 @@ def resample(wav: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
     return soxr.resample(wav, sr, target, quality="HQ").astype(np.float32)
 
 
-def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a file path or in-memory bytes to mono float32 at `sr`. Raises AudioError."""
+def header_seconds(src) -> float | None:
+    """How long the audio says it is (libsndfile's frame count, else the container's duration), without
+    decoding it; None when neither knows."""
+    try:
+        import soundfile as sf
+        info = sf.info(src)
+        return info.frames / info.samplerate if info.samplerate else None
+    except Exception:
+        pass
+    if hasattr(src, "seek"):
+        src.seek(0)
+    try:
+        import av
+        with av.open(src) as container:
+            return container.duration / 1e6 if container.duration else None
+    except Exception:
+        return None
+    finally:
+        if hasattr(src, "seek"):
+            src.seek(0)
+
+
+def _too_long(source: str, seconds: float, max_seconds: float) -> AudioError:
+    return AudioError(source, "audio_too_long",
+                      f"{seconds:.0f} s of audio; at most {max_seconds:g} s is accepted")
+
+
+def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_RATE,
+           max_seconds: float | None = None) -> np.ndarray:
+    """Decode a file path or in-memory bytes to mono float32 at `sr`. Raises AudioError. With `max_seconds`,
+    longer audio is refused (reason audio_too_long) from its header before any decoding, or as soon as
+    decoding passes the limit when no header says: a small upload can hold hours of silence."""
     source = name or (str(data) if not isinstance(data, bytes) else "<upload>")
     if not isinstance(data, bytes):
         p = Path(data)
@@ -74,12 +115,18 @@ def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_R
             raise AudioError(source, "empty_audio", "file is empty (0 bytes)")
     elif len(data) == 0:
         raise AudioError(source, "empty_audio", "upload is empty (0 bytes)")
+    if max_seconds is not None:
+        seconds = header_seconds(io.BytesIO(data) if isinstance(data, bytes) else str(data))
+        if seconds is not None and seconds > max_seconds:
+            raise _too_long(source, seconds, max_seconds)
     errors = []
     for decoder in (_decode_soundfile, _decode_av):
         try:
             src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
-            wav, file_sr = decoder(src)
+            wav, file_sr = decoder(src) if decoder is _decode_soundfile else decoder(src, max_seconds)
             break
+        except TooLong as e:
+            raise _too_long(source, e.seconds, max_seconds) from None
         except Exception as e:  # both libraries raise many types; we keep the message for the user
             # In-memory inputs make the libraries print buffer addresses; drop them so reports are stable.
             message = re.sub(r"<[^>]*0x[0-9a-f]+[^>]*>|0x[0-9a-f]+", "<buffer>", str(e).strip())
@@ -90,6 +137,8 @@ def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_R
         raise AudioError(source, "empty_audio", "decoded to zero samples")
     if not np.isfinite(wav).all():
         raise AudioError(source, "non_finite", "audio contains NaN or infinite samples")
+    if max_seconds is not None and wav.size > max_seconds * file_sr:
+        raise _too_long(source, wav.size / file_sr, max_seconds)
     return resample(wav, file_sr, sr)
 
 

@@ -27,7 +27,8 @@ log = logging.getLogger("speechtune.serve")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 MAX_PROMPT_CHARS = 2000
 # AudioError reason -> (status, what to say): undecodable bytes are an unsupported media type.
-AUDIO_STATUS = {"empty_audio": 400, "non_finite": 400, "undecodable": 415, "missing_file": 400}
+AUDIO_STATUS = {"empty_audio": 400, "non_finite": 400, "undecodable": 415, "missing_file": 400,
+                "audio_too_long": 413}
 
 
 class ApiError(Exception):
@@ -281,7 +282,7 @@ async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: 
     data = await upload.read()
     name = upload.filename or "upload"
     try:
-        wav = await run_in_threadpool(decode, data, name)
+        wav = await run_in_threadpool(decode, data, name, max_seconds=cfg.max_audio_seconds)
     except AudioError as e:
         raise ApiError(AUDIO_STATUS.get(e.reason, 400), f"{name}: {e.detail}", e.reason, "file") from None
     job = Job(wav, p["language"], p["prompt"], p["temperature"], timestamps=p["format"] in ("srt", "vtt", "verbose_json"))

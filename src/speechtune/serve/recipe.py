@@ -49,8 +49,8 @@ def main(args) -> int:
     for name, flag in (("max_queue", "--max-queue"), ("max_batch", "--batch-size"), ("workers", "--workers")):
         if getattr(cfg, name) < 1:
             raise SpeechtuneError(f"{flag} must be at least 1")
-    if cfg.max_upload_mb <= 0:
-        raise SpeechtuneError("--max-upload-mb must be positive")
+    if cfg.max_upload_mb <= 0 or cfg.max_audio_seconds <= 0:
+        raise SpeechtuneError("--max-upload-mb and --max-audio-seconds must be positive")
     # A wrong spec is a user mistake: say so in one line before any server starts. Non-CT2 specs are
     # converted here (once, cached), so the server's background load is only the model itself.
     from .worker import prepare_model
