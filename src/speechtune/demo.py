@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import SpeechtuneError
-from .files import write_jsonl
+from .files import write_json, write_jsonl
 
 MODELS = {"en": "tiny.en", "zh": "base"}
 # Sizes: "full" is the real demo; "small" keeps the same steps at a size CI can afford.
@@ -101,8 +101,7 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
         "paths": {"model": str(model_dir), "report": str(out / "report" / "report.html"),
                   "export": str(out / "export-ct2-int8")},
     }
-    (out / "demo_summary.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str),
-                                           encoding="utf-8")
+    write_json(out / "demo_summary.json", json.loads(json.dumps(report, default=str)))
     _print_summary(console, report)
     return report
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE, AudioError, decode, write_pcm16
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
-from ..files import write_jsonl
+from ..files import write_atomic, write_json, write_jsonl
 from . import checks, readers, split
 
 CACHE_VERSION = "2"  # bump when processing changes, so old cache entries are not reused
@@ -131,9 +131,7 @@ def process_file(job: tuple) -> list[dict]:
         info = dict(wav) if isinstance(wav, dict) else _process_segment(wav, start, end, trim, normalize,
                                                                        meta.with_suffix(".wav"))
         meta.parent.mkdir(parents=True, exist_ok=True)
-        tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(meta)
+        write_atomic(meta, json.dumps(info))
         out[k] = _named({**info, "cached": False}, audio)
     return out
 
@@ -246,9 +244,7 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
     write_jsonl(out / "rejects.jsonl", [r for _, r in rejects])
     stats = _stats(input_path, fmt, cfg, mode, rows, manifests, [r for _, r in rejects], results, time.time() - t0)
     stats["seconds_processing"] = round(t_process, 2)  # decode/check/cache part, without reading and plots
-    tmp = out / "stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "stats.json")
+    write_json(out / "stats.json", stats)
     _plot(manifests, cfg, out / "durations.png")
     if stats["clips"]["kept"] == 0:
         top = ", ".join(f"{n} {k}" for k, n in list(stats["rejected"].items())[:3])

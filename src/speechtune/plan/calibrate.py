@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from ..audio import SAMPLE_RATE, WINDOW_S
 from ..errors import SpeechtuneError
 from . import catalog
 from .info import ModelInfo, gpu_catalog_name, model_info
@@ -69,7 +70,7 @@ def _training_config(info: ModelInfo, s: Setup):
 
     config = copy.deepcopy(info.config)
     if info.family == "whisper":
-        config.max_source_positions = max(1, round(config.max_source_positions * s.audio_seconds / 30.0))
+        config.max_source_positions = max(1, round(config.max_source_positions * s.audio_seconds / WINDOW_S))
         return config, transformers.WhisperForConditionalGeneration
     config.layerdrop = 0.0                   # every layer runs, as the estimate assumes
     config.mask_time_prob = 0.0
@@ -116,7 +117,7 @@ def _random_batch(info: ModelInfo, config, s: Setup, device: str) -> dict:
                                                generator=g),
                  "labels": torch.randint(0, config.vocab_size - 1, (B, L), generator=g), "use_cache": False}
     else:
-        samples = int(round(s.audio_seconds * 16000))
+        samples = int(round(s.audio_seconds * SAMPLE_RATE))
         T = conv_lengths(config, samples)[-1]
         S = max(1, min(s.label_tokens, T // 2))
         batch = {"input_values": torch.randn(B, samples, generator=g),

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..audio import SAMPLE_RATE, WINDOW_S
 from .info import ModelInfo
 from .setup import Setup
 
@@ -256,7 +257,7 @@ def _finish_layer(blk: Block, s: Setup, by: _Bytes, act, trans, fwd, bwd, n_lin,
 def _whisper_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     c, by, B = info.config, _Bytes(s), s.batch_size
     d, V, a = c.d_model, c.vocab_size, by.a
-    T = max(1, round(c.max_source_positions * s.audio_seconds / 30.0))
+    T = max(1, round(c.max_source_positions * s.audio_seconds / WINDOW_S))
     L = min(s.label_tokens, c.max_target_positions)
     se, sd = B * T, B * L
     full, lora = s.mode == "full", s.mode == "lora"
@@ -358,7 +359,7 @@ def _ctc_proj(c, by: _Bytes, tok: int, full: bool, lora: bool) -> Block:
 def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     c, by, B = info.config, _Bytes(s), s.batch_size
     a, d, V = by.a, c.hidden_size, c.vocab_size
-    samples = int(round(s.audio_seconds * 16000))
+    samples = int(round(s.audio_seconds * SAMPLE_RATE))
     lengths = conv_lengths(c, samples)
     T = lengths[-1]
     tok = B * T

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioError, load_audio, resample
+from ..audio import AudioError, SAMPLE_RATE, WINDOW_S, load_audio, resample
 from ..errors import SpeechtuneError
 from ..manifest import read_manifest
 
-MAX_CLIP_S = 30.0
+MAX_CLIP_S = WINDOW_S  # Whisper's encoder sees one window; a longer clip would be cut
 
 
 def load_split(path: Path, required: bool = True) -> list[dict]:
