@@ -70,3 +70,17 @@ def test_generate_warnings_that_are_not_the_users_doing_are_dropped(tiny_whisper
         log.removeHandler(keep)
         log.setLevel(level)
     assert seen == ["a warning of its own"]
+
+
+def test_python_api_transcribes_a_file(tiny_whisper_dir, tmp_path, tone):
+    """The README's three lines, in a fresh interpreter (where `speechtune.transcribe` is the function)."""
+    clip = tmp_path / "tone.wav"
+    write_wav(clip, tone)
+    code = ("from speechtune import load_model, transcribe\n"
+            f"w = load_model({str(tiny_whisper_dir)!r}, device='cpu')\n"
+            f"r = transcribe(w, {str(clip)!r})\n"
+            f"t = transcribe({str(tiny_whisper_dir)!r}, {str(clip)!r}, timestamps=True)\n"
+            "assert isinstance(r.text, str) and r.duration > 0 and isinstance(t.segments, list), (r, t)\n"
+            "print('ok', len(t.segments))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]

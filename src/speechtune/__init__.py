@@ -4,7 +4,8 @@ The Python API mirrors the CLI:
 
     from speechtune import load_model, transcribe
     model = load_model("tiny.en")
-    print(transcribe(model, "clip.wav").text)
+    print(transcribe(model, "clip.wav").text)              # or transcribe("tiny.en", ...), or an export folder
+    print(transcribe(model, "clip.wav", timestamps=True).segments)
 """
 
 __version__ = "0.1.0"
@@ -16,8 +17,8 @@ def __getattr__(name):
         from .models import load_model
         return load_model
     if name == "transcribe":
-        from .transcribe import transcribe
-        return transcribe
+        from .runtimes import transcribe_audio
+        return transcribe_audio
     if name == "resolve_model":
         from .models import resolve_model
         return resolve_model

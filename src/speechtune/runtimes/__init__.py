@@ -15,7 +15,7 @@ from .base import (MAX_TOKENS_PER_S, DecodingOptions, Result, Segment, check_opt
                    transcribe_many, warm_up)
 
 __all__ = ["EXPORT_META", "MAX_TOKENS_PER_S", "DecodingOptions", "Result", "Segment", "check_options", "export_format",
-           "load_runtime", "max_new_tokens", "runtime_for", "transcribe_many", "warm_up"]
+           "load_runtime", "max_new_tokens", "runtime_for", "transcribe_audio", "transcribe_many", "warm_up"]
 
 EXPORT_META = "speechtune_export.json"  # written by `speechtune export` into every export folder
 
@@ -57,3 +57,19 @@ def runtime_for(model):
         return model
     from .hf import HFRuntime
     return HFRuntime(model)
+
+
+def transcribe_audio(model, audio, options: DecodingOptions | None = None, **fields) -> Result:
+    """One file (any format, any rate) or 16 kHz waveform of any length, through any model: a spec or export
+    folder, a loaded `models.Whisper`, or a runtime. `fields` set DecodingOptions fields (language="zh",
+    timestamps=True, ...). What `speechtune.transcribe` is in the Python API."""
+    import os
+
+    import numpy as np
+
+    from ..audio import decode
+    runtime = load_runtime(model) if isinstance(model, (str, os.PathLike)) else runtime_for(model)
+    options = (options or DecodingOptions()).replace(**fields)
+    check_options(runtime, options)
+    wav = audio if isinstance(audio, np.ndarray) else decode(audio)
+    return runtime.transcribe(wav, options)
