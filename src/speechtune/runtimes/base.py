@@ -43,9 +43,9 @@ class DecodingOptions:
     """How to decode, for every runtime and command alike (as openai/whisper's DecodingOptions). Commands
     take their decoding flags from these fields (config.add_dataclass_args), so no default is repeated."""
     language: str | None = option(None, "language code (e.g. en, zh) for clips whose line has none; "
-                                      "multilingual models detect it when not given")
+                                  "multilingual models detect it when not given")
     task: str = option("transcribe", "transcribe | translate (multilingual models)",
-                     choices=("transcribe", "translate"))
+                       choices=("transcribe", "translate"))
     beam_size: int = option(1, "beams for decoding (1: greedy)")
     temperature: float = option(0.0, "sampling temperature (0: deterministic)")
     prompt: str | None = option(None, "text that biases the decoder (names, terms), as OpenAI's prompt")

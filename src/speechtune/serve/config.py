@@ -13,7 +13,7 @@ from ..config import option
 class ServeConfig:
     model: str = option("tiny.en", "CT2 export folder, or any model spec (tiny.en, base, HF folder, .pt)")
     backend: str = option("auto", "auto: CTranslate2 via faster-whisper; hf: transformers generate",
-                        choices=("auto", "hf"))
+                          choices=("auto", "hf"))
     device: str = option("cpu", "cpu | cuda")
     threads: int = option(0, "CPU threads for the model (0: all cores)")
     workers: int = option(1, "model calls run in parallel, each on threads/workers cores (CT2 backend)")
@@ -21,7 +21,7 @@ class ServeConfig:
     max_upload_mb: float = option(25.0, "largest upload accepted, in MB")
     # The byte cap does not bound the work: a 176 KB FLAC held an hour of silence (38 s of work, 3.6 GB peak).
     max_audio_seconds: float = option(1800.0, "longest audio a request may carry, in seconds (413 "
-                                              "audio_too_long past it, told from the header where it has one)")
+                                      "audio_too_long past it, told from the header where it has one)")
     max_queue: int = option(64, "requests waiting for the model before 503")
     max_batch: int = option(8, "most requests decoded in one batch", flag="--batch-size")
     retry_after_s: int = option(1, "Retry-After seconds sent with a 503 for a full queue")
