@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from .errors import SpeechtuneError
-from .evaluate import add_decoding_arguments, decoding_options, decoding_record, load
+from .evaluate import add_decoding_arguments, decoding_options, decoding_record
 from .evaluation import load_rows, model_name, score_language, score_rows, speed, transcribe_rows
 from .files import write_atomic, write_json, write_jsonl
 from .metrics.bootstrap import paired_bootstrap, verdict, verdict_line
-from .runtimes import DecodingOptions, check_options, warm_up
+from .runtimes import DecodingOptions, check_options, runtime_for, warm_up
 
 CLIP_KEYS = ("hyp", "hyp_norm", "errors", "sub", "del", "ins", "error_rate", "loop", "empty", "too_long",
              "raw_loop", "compression_ratio", "chars_per_s", "repeated")
@@ -90,7 +90,7 @@ def compare(base, tuned, data, guard=None, guard_threshold: float = 1.0, out: st
     runs, multilingual = {}, []
     # One model in memory at a time: base fully, then tuned, each on the test set and the guard set.
     for side, spec in (("base", base), ("tuned", tuned)):
-        runtime = load(spec, device)
+        runtime = runtime_for(spec, device)
         check_options(runtime, options)
         multilingual.append(runtime.multilingual)
         warm_up(runtime, options)

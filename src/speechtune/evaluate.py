@@ -12,7 +12,7 @@ from .config import add_dataclass_args, build_config
 from .evaluation import load_rows, model_name, score_language, score_rows, speed, transcribe_rows
 from .files import write_json, write_jsonl
 from .metrics.score import METRICS
-from .runtimes import DecodingOptions, check_options, load_runtime, runtime_for, warm_up
+from .runtimes import DecodingOptions, check_options, runtime_for, warm_up
 
 # the decoding options a scoring command takes: greedy or beams, one language, batched
 FLAGS = ("language", "beam_size", "batch_size")
@@ -37,20 +37,13 @@ def decoding_options(args) -> DecodingOptions:
     return build_config(DecodingOptions, None, args)
 
 
-def load(model_or_spec, device: str | None = None):
-    """A runtime for a spec (via runtimes.load_runtime), a loaded model or a runtime."""
-    if isinstance(model_or_spec, (str, Path)):
-        return load_runtime(model_or_spec, device)
-    return runtime_for(model_or_spec)
-
-
 def evaluate(model_or_spec, manifest, options: DecodingOptions | None = None, metric: str | None = None,
              device: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
     """Score one model on a manifest (path or rows from read_manifest). Returns the metrics dict, with
     per-clip `predictions`; writes predictions.jsonl and metrics.json under `out` when given."""
     options = options or DecodingOptions()
     rows, where = load_rows(manifest)
-    runtime = load(model_or_spec, device)
+    runtime = runtime_for(model_or_spec, device)
     check_options(runtime, options)
     warm_up(runtime, options)
     run = transcribe_rows(runtime, rows, options, where, progress)

@@ -29,7 +29,8 @@ def export_format(spec) -> str | None:
     meta = folder / EXPORT_META
     if meta.is_file():
         return json.loads(meta.read_text())["format"]
-    if (folder / "model.bin").is_file() and (folder / "config.json").is_file():
+    from ..models.registry import is_ct2
+    if is_ct2(folder):
         return "ct2"
     return "onnx" if (folder / "encoder.onnx").is_file() else None
 
@@ -51,8 +52,12 @@ def load_runtime(spec, device: str | None = None, threads: int = 0, workers: int
     return runtime_for(load_model(spec, device=device))
 
 
-def runtime_for(model):
-    """A runtime for what a caller holds: a runtime as it is, a loaded `models.Whisper` bundle as HFRuntime."""
+def runtime_for(model, device: str | None = None):
+    """A runtime for what a caller holds: a spec or export folder (via load_runtime), a runtime as it is, a
+    loaded `models.Whisper` bundle as HFRuntime."""
+    import os
+    if isinstance(model, (str, os.PathLike)):
+        return load_runtime(model, device)
     if hasattr(model, "transcribe_batch"):
         return model
     from .hf import HFRuntime
@@ -63,12 +68,10 @@ def transcribe_audio(model, audio, options: DecodingOptions | None = None, **fie
     """One file (any format, any rate) or 16 kHz waveform of any length, through any model: a spec or export
     folder, a loaded `models.Whisper`, or a runtime. `fields` set DecodingOptions fields (language="zh",
     timestamps=True, ...). What `speechtune.transcribe` is in the Python API."""
-    import os
-
     import numpy as np
 
     from ..audio import decode
-    runtime = load_runtime(model) if isinstance(model, (str, os.PathLike)) else runtime_for(model)
+    runtime = runtime_for(model)
     options = (options or DecodingOptions()).replace(**fields)
     check_options(runtime, options)
     wav = audio if isinstance(audio, np.ndarray) else decode(audio)

@@ -5,6 +5,7 @@ sequential long-form decoding (timestamps on, each 30 s window shifted to the la
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,13 @@ from .base import DecodingOptions, Result, Segment, check_language, join_segment
 WINDOW_FRAMES = 3000
 
 
-def _suppressors(generation_config):
-    """Token suppression as logits processors passed to this runtime's own `generate` calls.
-
-    transformers builds the suppression mask with `torch.isin(arange(vocab), ids)` at every step, which on CPU
-    builds of torch costs 8 ms single-threaded and 0.1-0.6 s with its thread pool busy: most of a CPU decoding
-    step for tiny/base. Indexing the scores gives the same result (those logits become -inf) without the
-    search. These subclass transformers' own processors (Whisper's generate looks them up by class) and are
-    passed per call, so nothing in the process is patched."""
+@functools.lru_cache(maxsize=None)
+def _suppress_classes():
+    """Token suppression by indexing, as subclasses of transformers' own processors (Whisper's generate
+    looks them up by class). transformers builds the mask with `torch.isin(arange(vocab), ids)` at every
+    step, which on CPU builds of torch costs 8 ms single-threaded and 0.1-0.6 s with its thread pool busy:
+    most of a CPU decoding step for tiny/base. Indexing the scores gives the same result (those logits become
+    -inf) without the search. Defined once, on first use (transformers loads lazily)."""
     from transformers.generation import logits_process as lp
 
     class Suppress(lp.SuppressTokensLogitsProcessor):
@@ -40,12 +40,19 @@ def _suppressors(generation_config):
             scores[:, self.begin_suppress_tokens.to(scores.device)] = -float("inf")
             return scores
 
+    return Suppress, SuppressAtBegin
+
+
+def _suppressors(generation_config):
+    """The suppression processors for one `generate` call: passed per call, so nothing in the process is
+    patched."""
+    suppress, at_begin = _suppress_classes()
     out = []
     if generation_config.suppress_tokens:
-        out.append(Suppress(generation_config.suppress_tokens))
+        out.append(suppress(generation_config.suppress_tokens))
     if generation_config.begin_suppress_tokens:
         # begin_index is set by generate for every window (set_begin_index), before the first step
-        out.append(SuppressAtBegin(generation_config.begin_suppress_tokens, begin_index=0))
+        out.append(at_begin(generation_config.begin_suppress_tokens, begin_index=0))
     return out
 
 

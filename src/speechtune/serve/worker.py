@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import queue
+import shutil
 import threading
 from pathlib import Path
 
@@ -81,7 +82,6 @@ def ct2_for(spec, quantization: str = "int8") -> Path:
         convert(hf, tmp / "m", "ct2", quantization, spec)
         publish_dir(tmp / "m", out)
     finally:
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
