@@ -481,9 +481,9 @@ def test_unreadable_inputs_are_errors(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(SpeechtuneError, match="no clips"):
         prepare(tmp_path / "empty.jsonl", tmp_path / "o")
-    (tmp_path / "x.parquet").write_text("")
+    (tmp_path / "x.xlsx").write_text("")  # .parquet is a format now (Hugging Face datasets)
     with pytest.raises(SpeechtuneError, match="--format"):
-        prepare(tmp_path / "x.parquet", tmp_path / "o")
+        prepare(tmp_path / "x.xlsx", tmp_path / "o")
 
 
 def test_cli_exit_status_and_summary(tmp_path, capsys):

@@ -1,9 +1,10 @@
 """Turn messy recordings + transcripts into a clean, split, documented dataset (every reject explained).
 
-Reads CSV/TSV, JSONL (NeMo or HF style), an HF audiofolder, a Kaldi data dir, or a folder of audio files
-with same-named .txt transcripts. Writes train/valid/test.jsonl, rejects.jsonl, stats.json,
-durations.png and audio/ (16 kHz mono wav) into --out. Exit status 0 when any clip was kept.
-Reject reasons: bad_row bad_encoding missing_text empty_text text_too_long missing_file undecodable
+Reads CSV/TSV, JSONL (NeMo or HF style), an HF audiofolder, a Kaldi data dir, a Common Voice release
+(folder or TSV), a Hugging Face dataset (save_to_disk folder, parquet, a hub-like folder, or a hub name
+with --hf-dataset), or a folder of audio files with same-named .txt transcripts. Writes
+train/valid/test.jsonl, rejects.jsonl, stats.json, durations.png and audio/ (16 kHz mono wav) into OUT.
+Exit status 0 when any clip was kept. Reject reasons: bad_row bad_encoding missing_text empty_text text_too_long missing_file undecodable
 empty_audio non_finite bad_segment too_short too_long silent rate_mismatch duplicate_audio split_leak.
 """
 from __future__ import annotations
@@ -39,6 +40,12 @@ class PrepareConfig:
     format: str = field(default="auto", metadata={"help": "input format", "choices": ("auto",) + readers.FORMATS})
     audio_col: str | None = field(default=None, metadata={"help": "CSV/JSONL column with the audio path"})
     text_col: str | None = field(default=None, metadata={"help": "CSV/JSONL column with the transcript"})
+    hf_dataset: str | None = field(default=None, metadata={
+        "help": "a Hugging Face hub dataset to read instead of INPUT (datasets.load_dataset; needs network "
+                "unless cached)"})
+    hf_config: str | None = field(default=None, metadata={"help": "config of the HF dataset (e.g. zh-CN)"})
+    hf_split: str | None = field(default=None, metadata={
+        "help": "read only this split of the HF dataset (e.g. train); prepare then splits it"})
     language: str | None = field(default=None, metadata={"help": "language code for rows without one (en, zh, ...)"})
     min_duration: float = field(default=0.3, metadata={"help": "seconds; shorter clips are rejected"})
     max_duration: float = field(default=30.0, metadata={"help": "seconds; Whisper sees 30 s at a time"})
@@ -206,8 +213,8 @@ def _clean_text(text: str | None) -> str | None:
     return " ".join(text.split()) if text is not None else None
 
 
-def _check_out(out: Path, input_path: Path) -> None:
-    if out.resolve() == input_path.resolve():
+def _check_out(out: Path, input_path: Path | None) -> None:
+    if input_path is not None and out.resolve() == input_path.resolve():
         raise SpeechtuneError("--out must not be the input folder", "pick a new folder, e.g. prepared/")
     if out.exists() and any(out.iterdir()) and not (out / "stats.json").is_file():
         raise SpeechtuneError(f"{out} exists and is not an earlier prepare output",
@@ -223,14 +230,17 @@ def _link(src: str, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **options) -> dict:
-    """Prepare `input` into `out_dir`; returns the stats written to stats.json. Options are
-    PrepareConfig fields. Raises SpeechtuneError when the input can't be read or nothing usable remains
+def prepare(input: str | Path | None, out_dir: str | Path, progress: bool = False, **options) -> dict:
+    """Prepare `input` (None with the hf_dataset option) into `out_dir`; returns the stats written to
+    stats.json. Options are PrepareConfig fields. Raises SpeechtuneError when the input can't be read or nothing usable remains
     (rejects.jsonl and stats.json are still written then)."""
     cfg = options.pop("config", None) or PrepareConfig(**options)
     t0 = time.time()
-    input_path, out = Path(input).expanduser(), Path(out_dir).expanduser()
-    fmt, rows = readers.read_input(input_path, cfg.format, cfg.audio_col, cfg.text_col)
+    input_path = Path(input).expanduser() if input is not None else None
+    out = Path(out_dir).expanduser()
+    reading = readers.read_input(input_path, cfg.format, cfg.audio_col, cfg.text_col, cfg.hf_dataset,
+                                 cfg.hf_config, cfg.hf_split, cache_root(cfg) / "sources")
+    rows = reading.rows
     _check_out(out, input_path)
     rejects: list[tuple[int, dict]] = []
 
@@ -242,7 +252,8 @@ def prepare(input: str | Path, out_dir: str | Path, progress: bool = False, **op
     manifests = _write_manifests(out, rows, kept, splits, leaks)
     rejects.sort(key=lambda x: x[0])
     write_jsonl(out / "rejects.jsonl", [r for _, r in rejects])
-    stats = _stats(input_path, fmt, cfg, mode, rows, manifests, [r for _, r in rejects], results, time.time() - t0)
+    stats = _stats(input_path or f"hf:{cfg.hf_dataset}", reading, cfg, mode, manifests, [r for _, r in rejects],
+                   results, time.time() - t0)
     stats["seconds_processing"] = round(t_process, 2)  # decode/check/cache part, without reading and plots
     write_json(out / "stats.json", stats)
     _plot(manifests, cfg, out / "durations.png")
@@ -369,7 +380,8 @@ def _prune_audio(out: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def _stats(input_path, fmt, cfg, mode, rows, manifests, rejects, results, seconds) -> dict:
+def _stats(input_path, reading, cfg, mode, manifests, rejects, results, seconds) -> dict:
+    rows = reading.rows
     hours = lambda ms: round(sum(m["duration"] for m in ms) / 3600, 4)  # noqa: E731
     speakers: dict = {}
     for s, ms in manifests.items():
@@ -385,9 +397,14 @@ def _stats(input_path, fmt, cfg, mode, rows, manifests, rejects, results, second
     for r in rejects:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
     kept = sum(len(ms) for ms in manifests.values())
+    if kept + len(rejects) != len(rows):  # every row is kept or rejected; anything else is a bug, said loudly
+        raise RuntimeError(f"prepare lost rows: {len(rows)} read, {kept} kept, {len(rejects)} rejected")
     return {
-        "input": str(input_path), "format": fmt, "split_by": mode, "seed": cfg.seed,
+        "input": str(input_path), "format": reading.format, "split_by": mode, "seed": cfg.seed,
         "clips": {"read": len(rows), "kept": kept, "rejected": len(rejects)},
+        # Reconciliation: the data lines (dataset rows) of every file read, and the rows read from them.
+        "input_lines": reading.input_lines, "rows_read": len(rows),
+        "sources": reading.sources, "not_used": reading.not_used,
         "hours": hours([m for ms in manifests.values() for m in ms]),
         "splits": {s: {"clips": len(ms), "hours": hours(ms), "speakers": len({m["speaker"] for m in ms})}
                    for s, ms in manifests.items()},
@@ -447,15 +464,32 @@ def print_summary(stats: dict, out: Path) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("input", help="CSV/TSV, JSONL manifest, HF audiofolder, Kaldi data dir, "
-                                      "or a folder of audio + same-named .txt")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("input", nargs="?", help="CSV/TSV, JSONL manifest, HF audiofolder, Kaldi data dir, Common "
+                                                 "Voice release (folder or TSV), HF dataset (save_to_disk folder, "
+                                                 "parquet, hub-like folder), or a folder of audio + same-named .txt; "
+                                                 "none with --hf-dataset")
+    parser.add_argument("out_dir", nargs="?", metavar="OUT", help="output folder (or --out)")
+    parser.add_argument("--out", help="output folder")
     parser.add_argument("--config", help="YAML file with any of the options below")
     add_dataclass_args(parser, PrepareConfig)
 
 
+def _paths(args, cfg: PrepareConfig) -> tuple[str | None, str]:
+    """(input, out) from `INPUT OUT`, `INPUT --out OUT`, `--hf-dataset NAME OUT` or `--hf-dataset NAME --out OUT`."""
+    given = [p for p in (args.input, args.out_dir) if p]
+    wanted = (0 if cfg.hf_dataset else 1) + (0 if args.out else 1)
+    if len(given) != wanted:
+        what = "with --hf-dataset, prepare takes only" if cfg.hf_dataset else "prepare takes INPUT and"
+        raise SpeechtuneError(f"{what} an output folder (OUT or --out); got {len(given)} path(s)",
+                              "e.g. speechtune prepare data.csv prepared/  or  speechtune prepare --hf-dataset "
+                              "NAME --out prepared/")
+    inp = None if cfg.hf_dataset else given[0]
+    return inp, args.out or given[-1]
+
+
 def main(args) -> int:
     cfg = build_config(PrepareConfig, args.config, args)
-    stats = prepare(args.input, args.out, progress=True, config=cfg)
-    print_summary(stats, Path(args.out))
+    inp, out = _paths(args, cfg)
+    stats = prepare(inp, out, progress=True, config=cfg)
+    print_summary(stats, Path(out))
     return 0
