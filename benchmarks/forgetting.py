@@ -35,7 +35,8 @@ RUNS = {
 
 def split_general(general: Path, n_guard: int, out: Path) -> tuple[Path, Path]:
     """guard.jsonl (first n_guard clips) and mix.jsonl (the rest); read_manifest makes audio paths absolute."""
-    from speechtune.manifest import read_manifest, write_jsonl
+    from speechtune.files import write_jsonl
+    from speechtune.manifest import read_manifest
 
     rows = read_manifest(general)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def random_model(size: str, out: Path, seed: int = 0) -> Path:
 
 
 def corpus(d: Path, clips: int) -> Path:
-    from speechtune.manifest import write_jsonl
+    from speechtune.files import write_jsonl
     from train_speed import synth_split  # benchmarks/ is on sys.path when this script runs
 
     if (d / "valid.jsonl").is_file():

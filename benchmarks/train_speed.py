@@ -37,7 +37,7 @@ MORE = ["the doctor prescribed {a} for her", "how much {a} did you take"]  # onl
 def synth_split(sents: list[str], d: Path, name: str, seed: int) -> list[dict]:
     """Synthesize `sents` into d/name/ and write d/name.jsonl, audio paths relative to d: a split of a prepared
     folder (espeak-ng already writes 16 kHz mono)."""
-    from speechtune.manifest import write_jsonl
+    from speechtune.files import write_jsonl
     from speechtune.synth import synth_corpus
 
     m = synth_corpus(sents, d / name, seed=seed)

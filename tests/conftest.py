@@ -62,3 +62,42 @@ def tone() -> np.ndarray:
     """One second of a 440 Hz tone at 16 kHz: audio that decodes, for tests that don't need words."""
     t = np.arange(16000) / 16000
     return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+CTC_CONV = dict(conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 8), num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0)
+
+
+def tiny_ctc_config(model_type: str, vocab_size: int = 32, pad_token_id: int = 0):
+    """A random-weight config of `model_type` small enough to train in seconds on a CPU (80 frames/s)."""
+    import transformers as tf
+    if model_type == "parakeet_ctc":
+        return tf.ParakeetCTCConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, encoder_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_mel_bins=80,
+            subsampling_conv_channels=16, subsampling_factor=2, dropout=0.0, dropout_positions=0.0,
+            layerdrop=0.0, activation_dropout=0.0, attention_dropout=0.0))
+    cls = {"wav2vec2": tf.Wav2Vec2Config, "hubert": tf.HubertConfig, "wavlm": tf.WavLMConfig,
+           "wav2vec2-conformer": tf.Wav2Vec2ConformerConfig}[model_type]
+    extra = {"wavlm": {"num_buckets": 16}, "wav2vec2-conformer": {"conv_depthwise_kernel_size": 3}}
+    return cls(**CTC_CONV, **extra.get(model_type, {}), vocab_size=vocab_size, pad_token_id=pad_token_id)
+
+
+def build_tiny_ctc(out: Path, model_type: str = "wav2vec2", vocab: dict | None = None, seed: int = 0) -> Path:
+    """A tiny random CTC model folder: with `vocab` a complete fine-tuned-style folder (head + tokenizer),
+    without it a pretrained encoder (no tokenizer, the config's default head size)."""
+    import torch
+    import transformers as tf
+
+    from speechtune.models.ctc import vocab_tokenizer
+    torch.manual_seed(seed)
+    config = tiny_ctc_config(model_type, len(vocab) if vocab else 32)
+    model = tf.AutoModelForCTC.from_config(config)
+    model.save_pretrained(out)
+    fe = (tf.ParakeetFeatureExtractor() if model_type == "parakeet_ctc"
+          else tf.Wav2Vec2FeatureExtractor(return_attention_mask=False))
+    fe.save_pretrained(out)
+    if vocab:
+        vocab_tokenizer(vocab, out).save_pretrained(out)
+    return out

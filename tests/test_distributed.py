@@ -32,7 +32,7 @@ def test_every_rank_gets_the_same_steps_and_an_epoch_covers_every_clip(n_clips, 
     assert len(seen) - n_clips < world * batch * accum
 
 
-def _run_bounded(cmd, env, timeout: float) -> subprocess.CompletedProcess:
+def run_bounded(cmd, env, timeout: float) -> subprocess.CompletedProcess:
     """Run the launcher in a session of its own: on a timeout the whole group goes (torchrun's workers too),
     not only torchrun, and the test fails instead of leaving processes spinning."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -66,7 +66,7 @@ def test_two_processes_train_to_the_end(tiny_whisper_dir, tmp_path, n_clips, bat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "speechtune.cli", "train", "--model", str(tiny_whisper_dir), "--data", str(data), "--out",
            str(out), "--mode", "full", "--batch-size", str(batch), "--epochs", "2", "--no-tensorboard", "--lr", "1e-3"]
-    r = _run_bounded(cmd, env, timeout=300)
+    r = run_bounded(cmd, env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "training_summary.json").read_text())
     # 6 clips at batch 8: one group, padded to one per rank -> 1 step an epoch; 8 at batch 2: 2 per rank

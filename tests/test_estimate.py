@@ -348,9 +348,12 @@ def test_setup_takes_train_config_names_and_defaults():
     t = TrainConfig(device="cpu")
     s = setup_from_config(t)
     assert s == Setup(device="cpu", precision="fp32")        # train's defaults; "auto" on a CPU is fp32
+    from speechtune.families import whisper
+    # train's None for mode and targets means the family's default: Whisper's, as Setup's defaults are
+    assert (t.mode, t.lora_targets) == (None, None)
     assert (s.mode, s.batch_size, s.grad_accum, s.gradient_checkpointing, s.lora_r, s.lora_targets,
-            s.lora_dropout, s.lora_encoder) == (t.mode, t.batch_size, t.grad_accum, t.gradient_checkpointing,
-                                                t.lora_r, tuple(t.lora_targets), t.lora_dropout, t.lora_encoder)
+            s.lora_dropout, s.lora_encoder) == (whisper.MODES[0], t.batch_size, t.grad_accum, t.gradient_checkpointing,
+                                                t.lora_r, whisper.LORA_TARGETS, t.lora_dropout, t.lora_encoder)
     s = setup_from_config(TrainConfig(device="cuda:1", precision="no", mode="lora", lora_r=4), label_tokens=32)
     assert (s.device, s.precision, s.mode, s.lora_r, s.label_tokens) == ("cuda", "fp32", "lora", 4, 32)
 

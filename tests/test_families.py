@@ -24,20 +24,22 @@ def test_whisper_forms_belong_to_the_whisper_family(tiny_whisper_dir, tmp_path):
 def test_every_family_states_its_interface():
     for family in FAMILIES:
         assert family.NAME and family.MODEL_TYPES and family.MODES and family.EXPORT_FORMATS
-        for name in ("load", "setup_training", "loss", "save"):
+        assert family.MODES[0] in family.DEFAULT_LR and set(family.DEFAULT_LR) == set(family.MODES)
+        for name in ("load", "resolve", "load_for_training", "default_lr", "clips", "setup_training",
+                     "encoder_cache", "loss", "save"):
             assert callable(getattr(family, name)), (family.NAME, name)
 
 
 def test_a_model_no_family_trains_is_a_one_line_error(tmp_path, capsys):
-    folder = tmp_path / "w2v"
+    folder = tmp_path / "bert"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
-    with pytest.raises(SpeechtuneError, match=r"a wav2vec2 model, which speechtune does not train") as e:
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(SpeechtuneError, match=r"a bert model, which speechtune does not train") as e:
         family_for(folder)
-    assert "whisper" in e.value.hint
+    assert "whisper" in e.value.hint and "wav2vec2" in e.value.hint
     assert main(["train", "--model", str(folder), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "wav2vec2" in err
+    assert "Traceback" not in err and "bert" in err
     (folder / "config.json").write_text("{not json")
     with pytest.raises(SpeechtuneError, match="not valid JSON"):
         family_for(folder)

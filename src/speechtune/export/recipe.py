@@ -1,4 +1,4 @@
-"""Export a Whisper model to CTranslate2 (faster-whisper) or ONNX, with a WER parity check.
+"""Export a model to CTranslate2 (faster-whisper; Whisper) or ONNX (Whisper, CTC), with a WER parity check.
 
 The output folder is complete and self-contained: the exported weights, the tokenizer and feature settings,
 speechtune_export.json (what `speechtune serve` reads) and export_summary.json (sizes on disk, and with
@@ -49,18 +49,27 @@ def _source_size(model_dir: Path) -> int:
                if n.endswith((".safetensors", ".bin")) and (model_dir / n).is_file())
 
 
-def convert(model_dir: Path, target: Path, fmt: str, quantization: str, source) -> dict:
+def _exporter(family: str, fmt: str):
+    """The function that writes `fmt` for a model of `family` (one line per pair a family lists)."""
+    if (family, fmt) == ("whisper", "ct2"):
+        from .ct2 import export_ct2
+        return export_ct2
+    if (family, fmt) == ("whisper", "onnx"):
+        from .onnx import export_onnx
+        return export_onnx
+    from .onnx_ctc import export_ctc_onnx
+    return export_ctc_onnx
+
+
+def convert(model_dir: Path, target: Path, fmt: str, quantization: str, source, family: str = "whisper") -> dict:
     """Write the export of the HF folder `model_dir` into `target` (which must not exist), with the
     speechtune_export.json that says which runtime reads it; returns that metadata."""
-    if fmt == "ct2":
-        from .ct2 import export_ct2
-        export_ct2(model_dir, target, quantization)
-    else:
-        from .onnx import export_onnx
-        export_onnx(model_dir, target, quantization)
+    _exporter(family, fmt)(model_dir, target, quantization)
     hf_config = json.loads((model_dir / "config.json").read_text())
-    meta = {"format": fmt, "quantization": quantization, "source": str(source), "source_dir": str(model_dir),
-            "max_target_positions": hf_config.get("max_target_positions", 448), "exported_with": "speechtune"}
+    meta = {"format": fmt, "family": family, "quantization": quantization, "source": str(source),
+            "source_dir": str(model_dir), "exported_with": "speechtune"}
+    if family == "whisper":
+        meta["max_target_positions"] = hf_config.get("max_target_positions", 448)
     write_json(target / EXPORT_META, meta)
     return meta
 
@@ -69,7 +78,6 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
            options: DecodingOptions | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Export `model` (any spec) into `out`; returns the summary (also written as export_summary.json)."""
     from ..families import family_for
-    from ..models import resolve_model
 
     if fmt not in FORMATS:
         raise SpeechtuneError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
@@ -80,13 +88,13 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
     out = Path(out)
     if out.exists() and not overwrite:
         raise SpeechtuneError(f"{out} already exists", "choose a new --out folder or pass --overwrite")
-    model_dir = resolve_model(model)
+    model_dir = family.resolve(model)
     quantization = quantization or ("int8" if fmt == "ct2" else "float32")
     tmp = temp_dir_beside(out, prefix=f".{out.name}.")
     try:
         t0 = time.perf_counter()
         target = tmp / "model"
-        meta = convert(model_dir, target, fmt, quantization, model)
+        meta = convert(model_dir, target, fmt, quantization, model, family.NAME)
         summary = {**meta, "export_s": round(time.perf_counter() - t0, 2),
                    "size_bytes": {"source": _source_size(model_dir), "export": dir_size(target)},
                    "parity": None}

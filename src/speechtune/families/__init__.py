@@ -1,16 +1,24 @@
 """Model families: what differs between kinds of speech model, each behind one small interface.
 
-A family is one module here with these names (whisper.py is the first; CTC encoders and text-to-speech
-voices come next). The commands never ask which family they hold: `train` calls these, `runtimes` decodes
-what they save, `export` takes the formats they list.
+A family is one module here with these names (whisper.py, ctc.py; text-to-speech voices come next). The
+commands never ask which family they hold: `train` calls these, `runtimes` decodes what they save, `export`
+takes the formats they list.
 
-    NAME                      "whisper"
+    NAME                      "whisper" | "ctc"
     MODEL_TYPES               the transformers `model_type`s the family trains
-    MODES                     the training modes it supports (`train --mode`)
+    MODES                     the training modes it supports (`train --mode`); the first is the default
+    DEFAULT_LR                {mode: peak lr} when --lr is not given
     EXPORT_FORMATS            what `speechtune export` can make of its models
     load(spec, device, dtype) -> a loaded model bundle (weights + processor + path); any spec the family reads
+    resolve(spec) -> the local model folder of a spec (converted or downloaded when needed)
+    load_for_training(cfg, rows, device, dtype) -> the bundle to train on `rows` (a CTC model may get a
+                              vocabulary built from their transcripts, or refuse characters it lacks)
+    default_lr(cfg, bundle) -> the lr for cfg.mode (a fresh CTC head needs more)
+    clips(rows, bundle, cfg) -> the training split the loss reads (len, durations, labels)
     setup_training(cfg, model) -> which parameters train under cfg.mode (and adapters); returns the peft
                               wrapper or None
+    encoder_cache(cfg, model, out, autocast) -> a cache of the frozen bottom's outputs (with a `note` and
+                              `clear()`), or None
     loss(model, clips, idx, cache, cfg, step) -> the mean loss of one micro-batch
     save(model, peft_model, bundle, folder) -> a complete model folder, loadable offline by `load`
 
@@ -18,29 +26,12 @@ what they save, `export` takes the formats they list.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..errors import SpeechtuneError
-from . import whisper
+from ..models import model_type
+from . import ctc, whisper
 
-FAMILIES = (whisper,)
-
-
-def model_type(spec) -> str | None:
-    """The transformers model_type a local spec declares (config.json), "whisper" for the forms only Whisper
-    has (bundled names, openai .pt, CTranslate2 folders), None when it cannot be told without the hub."""
-    from ..models import BUNDLED
-    path = Path(str(spec)).expanduser()
-    if str(spec) in BUNDLED or path.suffix in (".pt", ".pth") or (path / "model.bin").is_file():
-        return "whisper"
-    config = path / "config.json"
-    if path.is_dir() and config.is_file():
-        try:
-            return json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        except (OSError, json.JSONDecodeError):
-            raise SpeechtuneError(f"{config}: not valid JSON", "re-download or re-save the model folder") from None
-    return None
+FAMILIES = (whisper, ctc)
+__all__ = ["FAMILIES", "family_for", "model_type"]
 
 
 def family_for(spec):

@@ -17,7 +17,11 @@ from ..errors import SpeechtuneError
 
 NAME = "whisper"
 MODEL_TYPES = ("whisper",)
-MODES = ("full", "freeze-encoder", "lora")
+MODES = ("freeze-encoder", "full", "lora")  # the first is the default
+# Safe defaults: a higher lr learns the domain faster but makes the model loop on domain terms on general
+# speech (measured: lr 1e-4 x 4 epochs took general English WER from 7.8% to 49%; 2e-5 x 3 kept it at 8.2%).
+DEFAULT_LR = {"full": 1e-5, "freeze-encoder": 2e-5, "lora": 5e-4}
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 EXPORT_FORMATS = ("ct2", "onnx")
 
 
@@ -25,6 +29,45 @@ def load(spec, device: str | None = None, dtype=None):
     """A `models.Whisper` bundle for any spec (bundled name, HF folder, .pt, CT2 folder, hub id)."""
     from ..models import load_model
     return load_model(spec, device=device, dtype=dtype)
+
+
+def resolve(spec) -> Path:
+    """The local HF Whisper folder of any spec (converted and cached when needed)."""
+    from ..models import resolve_model
+    return resolve_model(spec)
+
+
+def load_for_training(cfg, rows: list[dict], device: str | None = None, dtype=None):
+    """The model to train (Whisper's vocabulary spells any text: `rows` change nothing)."""
+    return load(cfg.model, device=device, dtype=dtype)
+
+
+def default_lr(cfg, bundle) -> float:
+    return DEFAULT_LR[cfg.mode]
+
+
+def clips(rows: list[dict], bundle, cfg):
+    """The training split: label ids with Whisper's prefix, log-mel features (train/data.py)."""
+    from ..train.data import Clips
+    return Clips(rows, bundle.processor, bundle.model.generation_config, cfg.language,
+                 bundle.model.config.max_target_positions)
+
+
+def encoder_cache(cfg, model, out: Path, autocast):
+    """The cache of the frozen encoder bottom's outputs (train/encoder_cache.py), or None when nothing below
+    the trained part is frozen or augmentation changes the input at every epoch. Its `note` says what it
+    holds, for the plan line."""
+    from ..train.encoder_cache import EncoderCache, frozen_depth
+    augment = cfg.speed_perturb or cfg.noise_snr is not None or cfg.spec_augment
+    encoder = model.get_encoder()
+    depth = None if augment else frozen_depth(encoder)
+    if depth is None:
+        return None
+    cache = EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb, depth, autocast=autocast)
+    n = len(encoder.layers)
+    cache.note = ("encoder outputs cached" if depth == n else
+                  f"encoder states cached below layer {depth + 1} of {n}")
+    return cache
 
 
 def _check_layers(cfg, model) -> None:
@@ -41,13 +84,14 @@ def _add_lora(cfg, model):
 
     from ..models.registry import add_lora
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    bad = [t for t in cfg.lora_targets if t not in names]
+    wanted = list(cfg.lora_targets or LORA_TARGETS)
+    bad = [t for t in wanted if t not in names]
     if bad:
         raise SpeechtuneError(f"lora_targets: no module named {', '.join(bad)} in this model",
                               f"Whisper's linear layers: {', '.join(sorted(names))}")
     # Decoder-only adapters leave the encoder untouched, so its outputs can be cached like freeze-encoder.
-    targets = cfg.lora_targets if cfg.lora_encoder else (
-        r".*decoder\.layers\.\d+\.(.*\.)?(" + "|".join(map(re.escape, cfg.lora_targets)) + ")")
+    targets = wanted if cfg.lora_encoder else (
+        r".*decoder\.layers\.\d+\.(.*\.)?(" + "|".join(map(re.escape, wanted)) + ")")
     lconf = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                        target_modules=targets, bias="none")
     return add_lora(model, lconf)  # injects adapters into `model` in place, freezes the rest

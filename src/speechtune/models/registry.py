@@ -166,6 +166,38 @@ def resolve_model(spec: str | os.PathLike) -> Path:
                           f"use a bundled name ({', '.join(BUNDLED)}), a model folder, a .pt file or a hub id")
 
 
+def model_type(spec) -> str | None:
+    """The transformers model_type a local spec declares (config.json), "whisper" for the forms only Whisper
+    has (bundled names, openai .pt, CTranslate2 folders), a hub id's from its config.json when the hub (or
+    its cache) has it, else None."""
+    path = Path(str(spec)).expanduser()
+    if str(spec) in BUNDLED or path.suffix in (".pt", ".pth") or (path / "model.bin").is_file():
+        return "whisper"
+    config = path / "config.json"
+    if path.is_dir() and config.is_file():
+        try:
+            return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, json.JSONDecodeError):
+            raise SpeechtuneError(f"{config}: not valid JSON", "re-download or re-save the model folder") from None
+    return _hub_model_type(str(spec)) if _looks_like_hub_id(str(spec)) and not path.exists() else None
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+
+
+def _hub_model_type(repo: str) -> str | None:
+    """A hub model's type from its config.json (the hub cache, or the hub when online); None when neither
+    has it (the loader then says what is wrong)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        config = hf_hub_download(repo, "config.json")
+        return json.loads(Path(config).read_text(encoding="utf-8")).get("model_type")
+    except Exception:
+        return None
+
+
+
 @dataclasses.dataclass
 class Whisper:
     model: object  # transformers.WhisperForConditionalGeneration

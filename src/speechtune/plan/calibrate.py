@@ -128,7 +128,8 @@ def _random_batch(info: ModelInfo, config, s: Setup, device: str) -> dict:
 def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = False):
     """The model set up for the mode, its optimizer, and a function that runs one training step of
     speechtune train's (train.loop.train_step: `grad_accum` micro-batches, clipping, AdamW) on a random batch."""
-    from ..train.config import DEFAULT_LR, train_default
+    from ..families import ctc, whisper
+    from ..train.config import train_default
     from ..train.loop import adamw, new_accelerator, train_step
 
     config, cls = _training_config(info, s)
@@ -136,7 +137,9 @@ def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = 
     batch = _random_batch(info, config, s, device)
     accelerator = new_accelerator({"fp32": "no"}.get(s.precision, s.precision),
                                   cpu=not str(device).startswith("cuda"))
-    optimizer = adamw(model, DEFAULT_LR[s.mode], train_default("weight_decay"))
+    family = ctc if info.family == "ctc" else whisper
+    optimizer = adamw(model, family.DEFAULT_LR.get(s.mode, min(family.DEFAULT_LR.values())),
+                      train_default("weight_decay"))
     # the model stays on `device` (accelerate would pick its own GPU)
     model, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, False])
     group = [list(range(s.batch_size))] * s.grad_accum      # the same random batch for every micro-batch

@@ -242,7 +242,8 @@ def _describe(est: Estimate) -> str:
     if est.optimizer != "adamw":
         extras.append(est.optimizer)
     mode = {"full": "full fine-tune", "freeze-encoder": "frozen-encoder fine-tune",
-            "lora": f"LoRA r={est.lora_rank}"}[est.mode]
+            "freeze-feature-encoder": "frozen-feature-encoder fine-tune", "head": "CTC-head fine-tune",
+            "adapter": "adapter fine-tune", "lora": f"LoRA r={est.lora_rank}"}.get(est.mode, est.mode)
     accum = f" (x{est.grad_accum} accumulation)" if est.grad_accum > 1 else ""
     return f"{mode} fits at batch {est.batch_size}{accum} with {' + '.join(extras)}"
 

@@ -26,23 +26,29 @@ class ModelInfo:
         return sum(n for _, n, _ in self.params)
 
 
+# CTC encoders built as wav2vec2 is (convolutional stem, convolutional positions, post- or pre-norm
+# transformer blocks): the activation model of memory.py describes them. Conformer blocks (wav2vec2-conformer,
+# Parakeet) and SEW's down-sampling are not modelled yet.
+PLANNED_CTC_TYPES = ("wav2vec2", "hubert", "wavlm", "unispeech", "unispeech-sat", "data2vec-audio")
+
+
 def family_of(model_type: str) -> str:
     if model_type == "whisper":
         return "whisper"
-    if model_type in ("wav2vec2", "hubert"):
+    if model_type in PLANNED_CTC_TYPES:
         return "ctc"
     raise SpeechtuneError(f"model type {model_type!r} is not one the planner knows",
-                          "supported: whisper, wav2vec2, hubert (see `speechtune estimate --help`)")
+                          f"supported: whisper, {', '.join(PLANNED_CTC_TYPES)} (see `speechtune estimate --help`)")
 
 
 def build_meta(config):
     """The real training module on the meta device: the exact module tree, no memory, no weights."""
     import torch
     import transformers
-    cls = {"whisper": transformers.WhisperForConditionalGeneration, "wav2vec2": transformers.Wav2Vec2ForCTC,
-           "hubert": transformers.HubertForCTC}[config.model_type]
+    cls = (transformers.WhisperForConditionalGeneration if config.model_type == "whisper"
+           else transformers.AutoModelForCTC)
     with torch.device("meta"):
-        return cls(config)
+        return cls(config) if cls is not transformers.AutoModelForCTC else cls.from_config(config)
 
 
 def _info_from_module(name: str, config, module) -> ModelInfo:
@@ -57,9 +63,9 @@ def _info_from_module(name: str, config, module) -> ModelInfo:
 def _info_cached(name: str, config_json: str, model_type: str) -> ModelInfo:
     import json
     import transformers
-    cls = {"whisper": transformers.WhisperConfig, "wav2vec2": transformers.Wav2Vec2Config,
-           "hubert": transformers.HubertConfig}[model_type]
-    config = cls(**json.loads(config_json))
+    values = json.loads(config_json)
+    values.pop("model_type", None)
+    config = transformers.AutoConfig.for_model(model_type, **values)
     return _info_from_module(name, config, build_meta(config))
 
 
@@ -89,6 +95,11 @@ def model_info(model) -> ModelInfo:
 
 def _folder_from_spec(spec: str) -> Path:
     path = Path(spec).expanduser()
+    if not _is_hf_folder(path) and not path.exists() and spec.count("/") == 1:
+        from ..models import model_type
+        from ..models.ctc import resolve_ctc
+        if model_type(spec) in PLANNED_CTC_TYPES:  # a CTC hub id (from the hub cache, or online)
+            return resolve_ctc(spec)
     if not _is_hf_folder(path):
         # CTranslate2 folders, openai .pt files, bundled names, hub ids: the models module makes an HF folder
         try:

@@ -63,6 +63,10 @@ def _frozen_by_mode(family: str, mode: str, pname: str) -> bool:
         return True
     if mode == "freeze-encoder":
         return pname.startswith("model.encoder.") if family == "whisper" else "feature_extractor" in pname
+    if mode == "freeze-feature-encoder":
+        return "feature_extractor" in pname
+    if mode in ("head", "adapter"):  # roughly: only the head trains (adapters are a few percent at most)
+        return not pname.startswith(("lm_head", "ctc_head"))
     return False
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
 from ..train.config import train_default
+from .setup import MODES
 
 
 # Options that speechtune train has too take its names and defaults, so that an estimate describes the run
@@ -24,11 +25,11 @@ from ..train.config import train_default
 class EstimateConfig:
     model: str | None = field(default=None, metadata={"help": "catalog name (tiny, small, large-v3, "
                                                       "wav2vec2-base, ...) or a model spec/folder"})
-    mode: str = field(default=train_default("mode"), metadata={"choices": ["full", "freeze-encoder", "lora"],
-                                                               "help": "what trains"})
+    mode: str | None = field(default=train_default("mode"), metadata={"choices": list(MODES),
+                                                                      "help": "what trains (default: train's)"})
     lora_r: int = field(default=train_default("lora_r"), metadata={"help": "LoRA rank"})
-    lora_targets: list[str] = field(default_factory=lambda: train_default("lora_targets"),
-                                    metadata={"help": "linears that get LoRA adapters"})
+    lora_targets: list[str] | None = field(default=train_default("lora_targets"),
+                                           metadata={"help": "linears that get LoRA adapters (default: train's)"})
     lora_dropout: float = field(default=train_default("lora_dropout"), metadata={"help": "LoRA dropout"})
     lora_encoder: bool = field(default=train_default("lora_encoder"),
                                metadata={"help": "Whisper: adapters in the encoder too (otherwise decoder only, "

@@ -8,7 +8,11 @@ import warnings
 from dataclasses import dataclass, fields
 
 from ..errors import SpeechtuneError
-from ..train.config import MODES, train_default
+from ..families import FAMILIES, whisper
+from ..train.config import train_default
+
+# Every family's modes; the planner treats a CTC mode other than `full` as the feature encoder frozen.
+MODES = tuple(dict.fromkeys(m for f in FAMILIES for m in f.MODES))
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamw-8bit")
@@ -23,7 +27,7 @@ _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "tuple": tuple}
 
 @dataclass(frozen=True)
 class Setup:
-    mode: str = train_default("mode")
+    mode: str = whisper.MODES[0]  # train's default for Whisper (its --mode default is the family's first)
     batch_size: int = train_default("batch_size")
     grad_accum: int = train_default("grad_accum")
     # Concrete, unlike TrainConfig's "auto"/"no": bf16 is what "auto" is on a GPU with bf16 (setup_from_config
@@ -32,7 +36,7 @@ class Setup:
     optimizer: str = "adamw"      # what speechtune train uses; "adamw-8bit" estimates bitsandbytes' 8-bit AdamW
     gradient_checkpointing: bool = train_default("gradient_checkpointing")
     lora_r: int = train_default("lora_r")
-    lora_targets: tuple = tuple(train_default("lora_targets"))
+    lora_targets: tuple = whisper.LORA_TARGETS  # train's default for Whisper
     lora_encoder: bool = train_default("lora_encoder")  # Whisper: adapters in the encoder too (False: decoder only)
     lora_dropout: float = train_default("lora_dropout")
     audio_seconds: float = 30.0   # encoder input length (Whisper pads every clip to 30 s)
@@ -102,7 +106,8 @@ def setup_from_config(cfg, **overrides) -> Setup:
     `overrides` (Setup fields, or their old names) win over `cfg`. A device that is None ("what accelerate
     picks") is this machine's: CUDA where there is one. Precision "auto"/"no" resolves as the trainer does.
     """
-    values = {name: getattr(cfg, name) for name in SETUP_FIELDS if hasattr(cfg, name)}
+    # None (train's "the family's default") takes Setup's, which are Whisper's
+    values = {name: getattr(cfg, name) for name in SETUP_FIELDS if getattr(cfg, name, None) is not None}
     values.update(renamed_options(overrides))
     device = values.get("device")
     if device is None:

@@ -1,9 +1,10 @@
-"""Decoding back ends behind one interface (see base.py): transformers (hf), CTranslate2 (ct2), onnxruntime (onnx).
+"""Decoding back ends behind one interface (see base.py): transformers (hf), CTranslate2 (ct2), onnxruntime (onnx)
+for Whisper; greedy CTC decoding over transformers or onnxruntime logits (ctc.py) for CTC encoders.
 
 `load_runtime(spec)` is the one place that decides which runtime reads a model: an export folder is run by
-the runtime it was made for (its speechtune_export.json, else the files it holds), anything else is loaded as
-a Hugging Face Whisper model. So an int8 CTranslate2 folder is decoded by CTranslate2, never through a
-conversion back to PyTorch weights.
+the runtime it was made for (its speechtune_export.json, else the files it holds), a CTC model folder or hub
+id by the CTC runtime, anything else is loaded as a Hugging Face Whisper model. So an int8 CTranslate2
+folder is decoded by CTranslate2, never through a conversion back to PyTorch weights.
 """
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ from ..errors import SpeechtuneError
 from .base import (MAX_TOKENS_PER_S, DecodingOptions, Result, Segment, check_options, max_new_tokens,
                    transcribe_many, warm_up)
 
-__all__ = ["EXPORT_META", "MAX_TOKENS_PER_S", "DecodingOptions", "Result", "Segment", "check_options", "export_format",
+__all__ = ["EXPORT_META", "export_meta", "MAX_TOKENS_PER_S", "DecodingOptions", "Result", "Segment", "check_options", "export_format",
            "load_runtime", "max_new_tokens", "runtime_for", "transcribe_audio", "transcribe_many", "warm_up"]
 
 EXPORT_META = "speechtune_export.json"  # written by `speechtune export` into every export folder
+
+
+def export_meta(spec) -> dict:
+    """What an export folder's speechtune_export.json says ({} when it has none)."""
+    meta = Path(str(spec)).expanduser() / EXPORT_META
+    return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
 def export_format(spec) -> str | None:
@@ -38,7 +45,15 @@ def export_format(spec) -> str | None:
 def load_runtime(spec, device: str | None = None, threads: int = 0, workers: int = 1, compute: str | None = None):
     """The runtime for any spec: CT2Runtime or OnnxRuntime for an export folder, else HFRuntime. `compute`
     overrides a CT2 folder's compute type (CTranslate2 converts the weights as it loads them)."""
+    from ..models import model_type
+    from ..models.ctc import ctc_types
     fmt = export_format(spec)
+    if fmt == "onnx" and export_meta(spec).get("family") == "ctc":
+        from .ctc import onnx_ctc_runtime
+        return onnx_ctc_runtime(Path(str(spec)).expanduser(), threads=threads)
+    if fmt is None and model_type(spec) in ctc_types():
+        from ..models.ctc import load_ctc
+        return runtime_for(load_ctc(spec, device=device))
     if fmt == "ct2":
         from .ct2 import CT2Runtime
         return CT2Runtime(Path(str(spec)).expanduser(), device=device or "cpu", compute=compute, threads=threads,
@@ -54,12 +69,16 @@ def load_runtime(spec, device: str | None = None, threads: int = 0, workers: int
 
 def runtime_for(model, device: str | None = None):
     """A runtime for what a caller holds: a spec or export folder (via load_runtime), a runtime as it is, a
-    loaded `models.Whisper` bundle as HFRuntime."""
+    loaded `models.Whisper` bundle as HFRuntime, a loaded `models.ctc.CTCModel` as the CTC runtime."""
     import os
     if isinstance(model, (str, os.PathLike)):
         return load_runtime(model, device)
     if hasattr(model, "transcribe_batch"):
         return model
+    from ..models.ctc import CTCModel
+    if isinstance(model, CTCModel):
+        from .ctc import hf_ctc_runtime
+        return hf_ctc_runtime(model)
     from .hf import HFRuntime
     return HFRuntime(model)
 

@@ -260,6 +260,10 @@ def _params(form, backend) -> dict:
     if prompt and len(prompt) > MAX_PROMPT_CHARS:
         raise ApiError(400, f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}", "prompt_too_long",
                        "prompt")
+    for name, asked, ability in (("prompt", bool(prompt), "prompt"), ("temperature", temperature > 0, "sampling")):
+        if asked and ability not in backend.supports:  # a CTC model labels frames: no prompt, no sampling
+            raise ApiError(400, f"this model ({backend.name} runtime) decodes without {name}; leave it out",
+                           f"unsupported_{name}", name)
     _field(form, "model")
     return {"format": fmt, "temperature": temperature, "language": language, "prompt": prompt}
 

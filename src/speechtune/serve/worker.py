@@ -29,7 +29,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE, WINDOW_SAMPLES
 from ..errors import SpeechtuneError
 from ..files import cache_dir, hash_files, publish_dir, temp_dir_beside
-from ..runtimes import DecodingOptions, export_format, load_runtime
+from ..runtimes import DecodingOptions, export_format, export_meta, load_runtime
 
 log = logging.getLogger("speechtune.serve")
 
@@ -87,8 +87,14 @@ def ct2_for(spec, quantization: str = "int8") -> Path:
 
 
 def prepare_model(spec, backend: str = "auto") -> Path:
-    """The folder a runtime loads: an HF folder for `hf`, else a CT2 folder (converted and cached if needed)."""
-    from ..models import resolve_model
+    """The folder a runtime loads: a CTC model or its ONNX export as it is; for Whisper an HF folder for `hf`,
+    else a CT2 folder (converted and cached if needed)."""
+    from ..models import model_type, resolve_model
+    from ..models.ctc import ctc_types, resolve_ctc
+    if export_format(spec) == "onnx" and export_meta(spec).get("family") == "ctc":
+        return Path(str(spec)).expanduser()
+    if export_format(spec) is None and model_type(spec) in ctc_types():
+        return resolve_ctc(spec)
     if export_format(spec) == "onnx":
         raise SpeechtuneError(f"{spec}: an ONNX export; serve runs CTranslate2 exports or any model spec",
                               "serve the CT2 export (speechtune export --format ct2) or the source model")
@@ -101,7 +107,7 @@ def load_backend(spec, backend: str = "auto", device: str = "cpu", threads: int 
     folder = prepare_model(spec, backend)
     # a bundled model is served from its shipped (float) CT2 folder, quantized to int8 as it loads: the
     # int8 a CT2 export would have, without converting CT2 -> HF -> CT2
-    compute = "int8" if backend != "hf" and is_bundled_folder(folder) else None
+    compute = "int8" if backend != "hf" and export_format(folder) == "ct2" and is_bundled_folder(folder) else None
     return load_runtime(folder, device=device, threads=threads, workers=workers, compute=compute)
 
 

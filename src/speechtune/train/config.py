@@ -7,10 +7,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-MODES = ["full", "freeze-encoder", "lora"]
-# Safe defaults: a higher lr learns the domain faster but makes the model loop on domain terms on general
-# speech (measured: lr 1e-4 x 4 epochs took general English WER from 7.8% to 49%; 2e-5 x 3 kept it at 8.2%).
-DEFAULT_LR = {"full": 1e-5, "freeze-encoder": 2e-5, "lora": 5e-4}
+# --mode and --lr default to the model family's (families/: whisper.MODES[0] and whisper.DEFAULT_LR, ...).
+MODES_HELP = ("what trains; default: the family's first. Whisper: freeze-encoder | full | lora; "
+              "CTC: freeze-feature-encoder | full | head | lora | adapter")
 
 
 @dataclass
@@ -18,7 +17,7 @@ class TrainConfig:
     model: str = field(default="tiny.en", metadata={"help": "initial model: bundled name, HF folder, hub id, .pt, CT2 folder"})
     data: str = field(default="", metadata={"help": "prepared folder (train.jsonl, valid.jsonl) from `speechtune prepare`"})
     out: str = field(default="", metadata={"help": "output model folder"})
-    mode: str = field(default="freeze-encoder", metadata={"help": "what trains", "choices": MODES})
+    mode: str | None = field(default=None, metadata={"help": MODES_HELP})
     language: str | None = field(default=None, metadata={"help": "language for clips whose manifest line has none (multilingual models)"})
     guard: str | None = field(default=None, metadata={"help": "general-speech manifest evaluated at every eval; best checkpoint must not get worse on it"})
     guard_threshold: float = field(default=1.0, metadata={"help": "allowed guard error-rate increase over the base model, in points"})
@@ -28,7 +27,7 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = from --epochs"})
     batch_size: int = field(default=8, metadata={"help": "clips per micro-batch (per process)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate; default per mode: full 1e-5, freeze-encoder 2e-5, lora 5e-4"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate; default per family and mode (Whisper: full 1e-5, freeze-encoder 2e-5, lora 5e-4; CTC: 3e-5, x10 for a fresh head)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps with linear warmup"})
     schedule: str = field(default="linear", metadata={"help": "decay after warmup", "choices": ["linear", "cosine", "constant_with_warmup"]})
@@ -39,11 +38,12 @@ class TrainConfig:
     # 0 by default: decoder-only adapters on the cross-attention keys/values see all 1500 encoder frames of every
     # clip, and drawing their dropout masks took 30% of a tiny.en CPU step, with no accuracy gain measured
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-                                    metadata={"help": "module names that get adapters"})
+    lora_targets: list[str] | None = field(default=None, metadata={"help": "module names that get adapters (default: the family's attention and feed-forward linears)"})
     lora_encoder: bool = field(default=False, metadata={"help": "adapters in the encoder too (otherwise decoder only, and encoder outputs are cached)"})
     freeze_encoder_layers: int = field(default=0, metadata={"help": "full/lora: freeze the first N encoder layers and the conv stem, whose outputs are then computed once per clip (no augmentation)"})
     train_decoder_layers: int = field(default=0, metadata={"help": "train only the top N decoder layers; 0 = all"})
+    train_top_layers: int = field(default=0, metadata={"help": "CTC --mode head: also train the top N encoder layers"})
+    new_vocab: bool = field(default=False, metadata={"help": "CTC: build a character vocabulary from the transcripts and a fresh head, even where the model has one"})
     precision: str = field(default="auto", metadata={"help": "autocast: auto = bf16 on a GPU that has it, else fp16 on GPU, none on CPU", "choices": ["auto", "no", "bf16", "fp16"]})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations: less memory, ~30% slower"})
     speed_perturb: list[float] | None = field(default=None, metadata={"help": "speed factors drawn per clip, e.g. 0.9 1.0 1.1 (disables the encoder cache)"})
@@ -61,6 +61,8 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept (the best one is always kept)"})
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs to MODEL_DIR/tensorboard"})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "where train_log.jsonl's scalars and the config also go, several or comma-separated: tensorboard (MODEL_DIR/tensorboard), wandb (offline in MODEL_DIR/wandb unless WANDB_MODE says otherwise), mlflow (file store MODEL_DIR/mlruns unless MLFLOW_TRACKING_URI is set); none = only train_log.jsonl"})
+    data_workers: int = field(default=2, metadata={"help": "DataLoader worker processes that read audio and compute log-mel features of the next micro-batches while the model computes; 0 = when a batch needs them"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 (default: what accelerate picks)"})
     resume: bool = field(default=False, metadata={"help": "require a checkpoint in --out to continue from"})
     overwrite: bool = field(default=False, metadata={"help": "discard what --out holds and start over"})

@@ -64,6 +64,7 @@ class EncoderCache:
         self.used = 0
         self.memory: dict[int, np.ndarray] = {}
         self.on_disk: set[int] = set()
+        self.note = ""  # what is cached, in words (the family sets it for the plan line)
 
     def __contains__(self, i: int) -> bool:
         return i in self.memory or i in self.on_disk

@@ -1,9 +1,11 @@
-"""Fine-tune Whisper on a prepared folder: full, freeze-encoder (encoder outputs cached) or LoRA.
+"""Fine-tune a speech model on a prepared folder, in the modes its family has (families/): Whisper full,
+freeze-encoder (encoder outputs cached) or LoRA; CTC encoders freeze-feature-encoder, full, head, LoRA, adapter.
 
   speechtune train --model tiny.en --data prepared/ --out my-model [--mode freeze-encoder|full|lora]
                    [--guard general.jsonl] [--config train.yaml] [--resume]
+  speechtune train --model facebook/wav2vec2-base --data prepared/ --out my-ctc   (a fresh character head)
 
-MODEL_DIR becomes a Hugging Face Whisper folder (what `transcribe --model MODEL_DIR` loads) plus
+MODEL_DIR becomes a Hugging Face model folder (what `transcribe --model MODEL_DIR` loads) plus
 training_summary.json, train_config.yaml, train_log.jsonl, tensorboard/ and checkpoints/. Running the same
 command into the same --out resumes from the last checkpoint. Several GPUs: `accelerate launch -m speechtune.cli
 train ...` runs the same code under DDP.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from ..config import add_dataclass_args, build_config, save_config
 from ..errors import SpeechtuneError
-from .config import DEFAULT_LR, MODES, TrainConfig
+from .config import TrainConfig
 
 RUN_ONLY = ("resume", "overwrite", "device")  # options that may change between a run and its resumption
 
@@ -37,7 +39,8 @@ def main(args) -> int:
     return 0
 
 
-def _check(cfg: TrainConfig) -> TrainConfig:
+def _check(cfg: TrainConfig, family) -> TrainConfig:
+    """Options checked before anything loads; --mode defaults to the family's first."""
     if not cfg.data:
         raise SpeechtuneError("--data is required", "pass the folder written by `speechtune prepare`")
     if not cfg.out:
@@ -50,8 +53,10 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise SpeechtuneError(f"--out {out}: exists and is a file", "pass a folder path")
-    if cfg.mode not in MODES:
-        raise SpeechtuneError(f"mode: unknown '{cfg.mode}'", f"choose one of {', '.join(MODES)}")
+    cfg = dataclasses.replace(cfg, mode=cfg.mode or family.MODES[0])
+    if cfg.mode not in family.MODES:
+        raise SpeechtuneError(f"--mode {cfg.mode}: the {family.NAME} family trains {', '.join(family.MODES)}",
+                              f"pass one of them (default: {family.MODES[0]})")
     if cfg.guard and not Path(cfg.guard).is_file():
         raise SpeechtuneError(f"guard manifest not found: {cfg.guard}", "pass a .jsonl of general speech")
     if cfg.mix and not Path(cfg.mix).is_file():
@@ -63,9 +68,7 @@ def _check(cfg: TrainConfig) -> TrainConfig:
             raise SpeechtuneError(f"option {name}: must be at least 1")
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise SpeechtuneError("nothing to train: set --epochs or --max-steps above 0")
-    if cfg.lr is None:
-        cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.mode])
-    if cfg.lr <= 0:
+    if cfg.lr is not None and cfg.lr <= 0:
         raise SpeechtuneError(f"option lr: must be positive, got {cfg.lr}")
     return cfg
 
@@ -95,14 +98,6 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
     tmp = saved.with_name(saved.name + ".tmp")
     save_config(cfg, tmp)
     tmp.replace(saved)
-
-
-def _cache_note(cache, n_layers: int) -> str:
-    if cache is None:
-        return ""
-    if cache.depth == n_layers:
-        return ", encoder outputs cached"
-    return f", encoder states cached below layer {cache.depth + 1} of {n_layers}"
 
 
 def _mix_rows(cfg: TrainConfig, n_train: int, guard_rows: list[dict]) -> list[dict]:
@@ -156,19 +151,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from accelerate.utils import set_seed
 
     from ..families import family_for
-    from .data import Clips, eval_rows, load_split
+    from .data import eval_rows, load_split
     from .loop import train_loop
 
     family = family_for(cfg.model)
-    cfg = _check(cfg)
-    if cfg.mode not in family.MODES:
-        raise SpeechtuneError(f"--mode {cfg.mode}: the {family.NAME} family trains {', '.join(family.MODES)}")
+    cfg = _check(cfg, family)
     data, out = Path(cfg.data), Path(cfg.out)
     train_rows = load_split(data / "train.jsonl")
     valid_rows = load_split(data / "valid.jsonl", required=False)
     guard_rows = load_split(Path(cfg.guard)) if cfg.guard else []
     mixed = _mix_rows(cfg, len(train_rows), guard_rows)
     accelerator = _accelerator(cfg)
+    set_seed(cfg.seed)  # before loading: a fresh CTC head is initialised at random
+    # the model comes first: a CTC vocabulary is built from (or checked against) the transcripts, and the
+    # default lr depends on whether the head is fresh
+    bundle = family.load_for_training(cfg, train_rows + mixed, device=str(accelerator.device), dtype=torch.float32)
+    if cfg.lr is None:
+        cfg = dataclasses.replace(cfg, lr=family.default_lr(cfg, bundle))
     if accelerator.is_main_process:
         _prepare_out(cfg, out)
     accelerator.wait_for_everyone()
@@ -176,11 +175,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if accelerator.is_main_process:
         _plan_summary(cfg, len(train_rows))
 
-    bundle = family.load(cfg.model, device=str(accelerator.device), dtype=torch.float32)
     hf_model = bundle.model
     peft_model = family.setup_training(cfg, hf_model)
-    clips = Clips(train_rows + mixed, bundle.processor, hf_model.generation_config, cfg.language,
-                  hf_model.config.max_target_positions)
+    clips = family.clips(train_rows + mixed, bundle, cfg)
     rows, eval_name = eval_rows(valid_rows, train_rows, cfg.eval_max_clips)
     if eval_name != "valid":
         accelerator.print("warning: valid.jsonl is empty; evaluating on a slice of train (memorisation, "
@@ -188,7 +185,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     evals = {"valid": _eval_set(rows, cfg.language, bundle.multilingual)}
     if guard_rows:
         evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language, bundle.multilingual)
-    cache = _encoder_cache(cfg, hf_model, out, accelerator)
+    cache = family.encoder_cache(cfg, hf_model, out, accelerator.autocast)
     total = _total_steps(cfg, len(clips), accelerator.num_processes)
     _plan_line(cfg, hf_model, clips, mixed, cache, total, accelerator)
     if torch.cuda.is_available():
@@ -226,16 +223,6 @@ def _accelerator(cfg: TrainConfig):
     return accelerator
 
 
-def _encoder_cache(cfg: TrainConfig, hf_model, out: Path, accelerator):
-    """The cache of the frozen encoder bottom's outputs, or None when nothing below the trained part is
-    frozen or augmentation changes the input at every epoch."""
-    from .encoder_cache import EncoderCache, frozen_depth
-    augment = cfg.speed_perturb or cfg.noise_snr is not None or cfg.spec_augment
-    depth = None if augment else frozen_depth(hf_model.get_encoder())
-    return None if depth is None else EncoderCache(out / "encoder_cache", cfg.encoder_cache_mb, depth,
-                                                   autocast=accelerator.autocast)
-
-
 def _total_steps(cfg: TrainConfig, n_clips: int, world: int) -> int:
     """--max-steps, else --epochs passes: each pass is ceil(batches / grad_accum / world) steps, what every
     rank runs (loop.epoch_groups pads the groups to a multiple of the world size)."""
@@ -249,7 +236,7 @@ def _plan_line(cfg: TrainConfig, hf_model, clips, mixed, cache, total: int, acce
     accelerator.print(f"training {cfg.mode}: {len(clips)} clips{f' ({len(mixed)} from --mix)' if mixed else ''}, "
                       f"{total} steps of {cfg.batch_size * cfg.grad_accum * world} "
                       f"clips, lr {cfg.lr:g}, {trainable / 1e6:.1f}M trainable parameters"
-                      f"{_cache_note(cache, len(hf_model.get_encoder().layers))}")
+                      f"{', ' + cache.note if cache is not None and cache.note else ''}")
 
 
 def _finish(cfg: TrainConfig, family, state, hf_model, peft_model, bundle, accelerator, wall: float, eval_name,
