@@ -16,6 +16,7 @@ from .errors import SpeechtuneError
 COMMANDS = {
     "transcribe": "speechtune.transcribe",
     "synth": "speechtune.synth",
+    "speak": "speechtune.tts.speak",
     "prepare": "speechtune.data.prepare",
     "train": "speechtune.train.recipe",
     "evaluate": "speechtune.evaluate",

@@ -57,12 +57,23 @@ def resolve_ctc(spec) -> Path:
         return path
     try:
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(str(spec), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(snapshot_download(str(spec), allow_patterns=["*.json", "*.txt", "*.model", *_weights(str(spec))]))
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         reason = "offline mode (HF_HUB_OFFLINE=1) and not in the local hub cache" if offline else str(e)[:200]
         raise SpeechtuneError(f"model '{spec}': not a local folder, and hub id '{spec}' could not be fetched: "
                               f"{reason}", "pass a local model folder, or run where the hub is reachable") from None
+
+
+def _weights(repo: str) -> list[str]:
+    """The weight files to fetch: safetensors where the repo has them, else the older pytorch_model.bin
+    (facebook's first wav2vec2 and HuBERT checkpoints); both when the file list cannot be read (offline)."""
+    try:
+        from huggingface_hub import list_repo_files
+        files = list_repo_files(repo)
+    except Exception:
+        return ["*.safetensors", "*.bin"]
+    return ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
 
 
 def _feature_extractor(folder: Path, config):

@@ -124,25 +124,34 @@ def create_app(cfg: ServeConfig, backend=None) -> FastAPI:
         # uvicorn has already let in-flight requests finish; this drains anything still queued.
         if state["worker"]:
             await run_in_threadpool(state["worker"].stop)
+        if state.get("speech"):
+            await run_in_threadpool(state["speech"].stop)
 
     app = FastAPI(title="speechtune", lifespan=lifespan)
     app.state.metrics, app.state.serve = metrics, state
     _add_error_handlers(app, metrics)
     app.add_middleware(BodyLimit, limit=int(cfg.max_upload_mb * 2**20))
     _add_routes(app, cfg, state, metrics)
+    from .speech import add_routes as add_speech_routes
+    add_speech_routes(app, cfg, state, metrics, ApiError, _check_key)
     return app
 
 
 def _load(cfg: ServeConfig, backend, state: dict, metrics: Metrics) -> None:
     """Load the runtime and start the worker; a failure is kept in `state` for /health and the log."""
     try:
-        from .worker import Worker, load_backend
-        b = backend or load_backend(cfg.model, cfg.backend, cfg.device, cfg.threads, cfg.workers)
-        state["backend"] = b
-        state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe,
-                                 threads=cfg.workers if b.name == "ct2" else 1)
+        if cfg.voice:
+            from .speech import load as load_voice
+            load_voice(cfg, state)
+        if cfg.model or backend is not None:
+            from .worker import Worker, load_backend
+            b = backend or load_backend(cfg.model, cfg.backend, cfg.device, cfg.threads, cfg.workers)
+            state["backend"] = b
+            state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe,
+                                     threads=cfg.workers if b.name == "ct2" else 1)
+            log.info("model ready: %s (%s backend)", b.path, b.name)
+        state["ready"] = True
         metrics.ready.set(1)
-        log.info("model ready: %s (%s backend)", b.path, b.name)
     except SpeechtuneError as e:
         log.error("model failed to load: %s", e)
         state["error"] = str(e)
@@ -170,7 +179,7 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def count(request: Request, call_next):
         response = await call_next(request)
         path = request.url.path
-        endpoint = path if path in ("/v1/audio/transcriptions", "/health", "/metrics") else "other"
+        endpoint = path if path in ("/v1/audio/transcriptions", "/v1/audio/speech", "/health", "/metrics") else "other"
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
@@ -179,9 +188,11 @@ def _add_routes(app: FastAPI, cfg: ServeConfig, state: dict, metrics: Metrics) -
     """/health, /metrics and POST /v1/audio/transcriptions."""
     @app.get("/health")
     async def health():
-        if state["worker"]:
+        if state.get("ready"):
+            from .speech import health as speech_health
             b = state["backend"]
-            return {"status": "ready", "model": str(b.path), "backend": b.name, "queue_depth": state["worker"].depth()}
+            model = {"model": str(b.path), "backend": b.name, "queue_depth": state["worker"].depth()} if b else {}
+            return {"status": "ready", **model, **speech_health(state)}
         if state["error"]:
             return JSONResponse({"status": "failed", "error": state["error"]}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
@@ -274,6 +285,9 @@ async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: 
 
     _check_key(request, cfg)
     worker = state["worker"]
+    if worker is None and state.get("ready"):
+        raise ApiError(404, "this server serves only a voice (POST /v1/audio/speech); start it with a MODEL to "
+                            "transcribe", "no_model")
     if worker is None:
         raise ApiError(503, "the model is still loading" if not state["error"] else "the model failed to load",
                        "not_ready", headers={"Retry-After": str(max(cfg.retry_after_s, 5))})

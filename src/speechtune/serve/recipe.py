@@ -5,6 +5,8 @@ int8 on load) or any other model spec, which is exported once to CTranslate2 int
 hf` serves it through transformers instead). The API key
 comes from --api-key or the SPEECHTUNE_API_KEY environment variable; without one the server is open, so
 keep it on 127.0.0.1 unless one is set. Ctrl-C / SIGTERM stops taking requests and finishes those in flight.
+With --voice (e.g. joe), POST /v1/audio/speech speaks as OpenAI's does; without a MODEL only the voice is
+served (docs/tts.md).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from .config import ServeConfig
 
 def add_arguments(p) -> None:
     from ..config import add_dataclass_args
-    p.add_argument("model", help=ServeConfig.__dataclass_fields__["model"].metadata["help"])
+    p.add_argument("model", nargs="?", help=ServeConfig.__dataclass_fields__["model"].metadata["help"] +
+                   "; leave it out with --voice to serve only speech")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     add_dataclass_args(p, ServeConfig, skip=("model", "retry_after_s"))
@@ -51,14 +54,20 @@ def main(args) -> int:
             raise SpeechtuneError(f"{flag} must be at least 1")
     if cfg.max_upload_mb <= 0 or cfg.max_audio_seconds <= 0:
         raise SpeechtuneError("--max-upload-mb and --max-audio-seconds must be positive")
+    if args.model is None and not cfg.voice:
+        raise SpeechtuneError("nothing to serve", "name a MODEL to transcribe, a --voice to speak, or both")
+    if cfg.voice:
+        from ..tts import resolve_voice
+        resolve_voice(cfg.voice)  # an unknown voice is a one-line error too, before the server starts
     # A wrong spec is a user mistake: say so in one line before any server starts. Non-CT2 specs are
     # converted here (once, cached), so the server's background load is only the model itself.
     from .worker import prepare_model
-    cfg = dataclasses.replace(cfg, model=str(prepare_model(cfg.model, cfg.backend)))
+    cfg = dataclasses.replace(cfg, model=str(prepare_model(cfg.model, cfg.backend)) if args.model else "")
     if cfg.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} with no API key; anyone who can reach it can use it",
               file=sys.stderr)
-    print(f"speechtune serve: loading {args.model}; http://{args.host}:{args.port}/health says when it is ready",
+    print(f"speechtune serve: loading {' and '.join(filter(None, (args.model, cfg.voice)))}; "
+          f"http://{args.host}:{args.port}/health says when it is ready",
           file=sys.stderr)
     _uvicorn_server(cfg, args.host, args.port).run()
     return 0
