@@ -82,7 +82,8 @@ def test_transcribe_many_keeps_order_groups_languages_and_routes_long_clips():
 
 def test_hf_runtime_decodes_as_plain_generate(tiny_whisper_dir):
     """The suppression processors passed per call give the tokens transformers' own give (no process-wide
-    patch any more), under the same length cap."""
+    patch any more), under the same length cap. (Without the safeguards: this random model loops, and they
+    would sample again.)"""
     import torch
 
     from speechtune.models import load_model
@@ -94,7 +95,7 @@ def test_hf_runtime_decodes_as_plain_generate(tiny_whisper_dir):
     with torch.inference_mode():
         out = w.model.generate(inputs.input_features, attention_mask=inputs.attention_mask, max_new_tokens=cap)
     want = [t.strip() for t in w.tokenizer.batch_decode(out, skip_special_tokens=True)]
-    got = [r.text for r in runtime_for(w).transcribe_batch(wavs, DecodingOptions())]
+    got = [r.text for r in runtime_for(w).transcribe_batch(wavs, DecodingOptions(safeguards=False))]
     assert got == want and any(got)
 
 
@@ -136,3 +137,17 @@ def test_transcribe_an_export_of_tiny_en_as_pytorch_does(fmt, quantization, tmp_
     # within the parity tolerance for this few words (32): at most one word apart
     assert abs(export_wer - torch_wer) <= 1 / 32 + 1e-9, texts
     assert all(len(t) < 2 * len(s) for t, s in zip(texts[str(out)], SENTENCES))  # no loop
+
+
+def test_every_runtime_measures_what_the_safeguards_check(tiny_whisper_dir, exports):
+    """Each runtime reports a clip's avg_logprob and compression ratio; HF and ONNX (the same fp32 weights)
+    agree on avg_logprob; this random model fails at every temperature, and each runtime marks it."""
+    runtimes = [load_runtime(tiny_whisper_dir, "cpu"), load_runtime(exports / "ct2"), load_runtime(exports / "onnx")]
+    wavs = [speak("hello world")]
+    once = DecodingOptions(temperature_increment_on_fallback=0)
+    segs = {rt.name: rt.transcribe_batch(wavs, once)[0].segments[0] for rt in runtimes}
+    assert all(s.temperature == 0 and s.avg_logprob < -1 and s.compression_ratio > 0 for s in segs.values())
+    assert segs["hf"].avg_logprob == pytest.approx(segs["onnx"].avg_logprob, abs=1e-3)
+    for rt in runtimes:
+        seg = rt.transcribe_batch(wavs, DecodingOptions(temperature_increment_on_fallback=1.0))[0].segments[0]
+        assert seg.fallback_failed and seg.temperature in (0.0, 1.0), rt.name

@@ -60,9 +60,11 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
+# Servers of the random model run without the decode-time safeguards: it fails every check, and decoding it
+# at six temperatures tests nothing these protocol tests are about (test_safeguards.py tests those).
 @pytest.fixture(scope="module")
 def server(random_ct2):
-    with start_server(random_ct2, max_upload_mb=2, max_batch=4) as s:
+    with start_server(random_ct2, safeguards=False, max_upload_mb=2, max_batch=4) as s:
         yield s
 
 
@@ -165,7 +167,7 @@ def test_metrics_counters_move(server, clip):
 
 
 def test_api_key_enforced(random_ct2, clip, monkeypatch):
-    with start_server(random_ct2, api_key="s3cret") as s:
+    with start_server(random_ct2, safeguards=False, api_key="s3cret") as s:
         assert post(s.url, clip.read_bytes()).status_code == 401
         r = post(s.url, clip.read_bytes(), headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -198,7 +200,7 @@ def test_queue_full_gives_503_with_retry_after_then_recovers(random_ct2, clip):
     from speechtune.runtimes import load_runtime
     gate = Gate(load_runtime(random_ct2))
     good = clip.read_bytes()
-    with start_server(random_ct2, backend=gate, max_queue=1, max_batch=1) as s, \
+    with start_server(random_ct2, safeguards=False, backend=gate, max_queue=1, max_batch=1) as s, \
             concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = pool.submit(post, s.url, good)
         assert gate.entered.wait(60)  # the worker holds job 1
@@ -217,7 +219,7 @@ def test_queue_full_gives_503_with_retry_after_then_recovers(random_ct2, clip):
 def test_graceful_shutdown_finishes_in_flight_request(random_ct2, clip):
     from speechtune.runtimes import load_runtime
     gate = Gate(load_runtime(random_ct2))
-    s = start_server(random_ct2, backend=gate)
+    s = start_server(random_ct2, safeguards=False, backend=gate)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(post, s.url, clip.read_bytes())
         assert gate.entered.wait(60)
@@ -231,7 +233,7 @@ def test_graceful_shutdown_finishes_in_flight_request(random_ct2, clip):
 
 
 def test_two_model_workers_serve_concurrent_requests(random_ct2, clip):
-    with start_server(random_ct2, workers=2, max_batch=2) as s, concurrent.futures.ThreadPoolExecutor(6) as pool:
+    with start_server(random_ct2, safeguards=False, workers=2, max_batch=2) as s, concurrent.futures.ThreadPoolExecutor(6) as pool:
         codes = [r.status_code for r in pool.map(lambda _: post(s.url, clip.read_bytes()), range(6))]
         assert codes == [200] * 6
         assert len(s.app.state.serve["worker"]._threads) == 2
@@ -307,7 +309,7 @@ def test_an_upload_longer_than_the_cap_gets_413_quickly(random_ct2, tmp_path):
     with sf.SoundFile(str(flac), "w", samplerate=8000, channels=1, format="FLAC", subtype="PCM_16") as f:
         for _ in range(60):
             f.write(np.zeros(8000 * 60, dtype=np.int16))
-    with start_server(random_ct2, max_audio_seconds=600) as s:
+    with start_server(random_ct2, safeguards=False, max_audio_seconds=600) as s:
         t = time.perf_counter()
         r = post(s.url, flac.read_bytes())
         assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long"

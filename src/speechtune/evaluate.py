@@ -12,10 +12,10 @@ from .config import add_dataclass_args, build_config
 from .evaluation import load_rows, model_name, score_language, score_rows, speed, transcribe_rows
 from .files import write_json, write_jsonl
 from .metrics.score import METRICS
-from .runtimes import DecodingOptions, check_options, runtime_for, warm_up
+from .runtimes import SAFEGUARD_FIELDS, DecodingOptions, check_options, runtime_for, warm_up
 
 # the decoding options a scoring command takes: greedy or beams, one language, batched
-FLAGS = ("language", "beam_size", "batch_size")
+FLAGS = ("language", "beam_size", "batch_size", *SAFEGUARD_FIELDS)
 
 
 def add_arguments(p) -> None:
@@ -60,8 +60,9 @@ def evaluate(model_or_spec, manifest, options: DecodingOptions | None = None, me
 
 
 def decoding_record(options: DecodingOptions) -> dict:
-    """What metrics.json says of the decoding (the keys it has always had)."""
-    return {"batch_size": options.batch_size, "num_beams": options.beam_size, "language": options.language}
+    """What metrics.json says of the decoding: the keys it has always had, and the safeguards' settings."""
+    return {"batch_size": options.batch_size, "num_beams": options.beam_size, "language": options.language,
+            **{f: getattr(options, f) for f in SAFEGUARD_FIELDS}}
 
 
 def pct(x: float | None) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 from .audio import AudioError, decode
 from .config import add_dataclass_args, build_config
 from .formats import FORMATS, format_result, print_result
-from .runtimes import DecodingOptions, check_options, load_runtime
+from .runtimes import SAFEGUARD_FIELDS, DecodingOptions, check_options, load_runtime
 
 # the decoding options a user sets here; timestamps follow from --format, batching from the file count
-FLAGS = ("language", "task", "beam_size", "temperature", "prompt")
+FLAGS = ("language", "task", "beam_size", "temperature", "prompt", *SAFEGUARD_FIELDS)
 
 
 def add_arguments(p) -> None:

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 from ..errors import SpeechtuneError
-from .base import (MAX_TOKENS_PER_S, DecodingOptions, Result, Segment, check_options, max_new_tokens,
+from .base import (MAX_TOKENS_PER_S, SAFEGUARD_FIELDS, DecodingOptions, Result, Segment, check_options, max_new_tokens,
                    transcribe_many, warm_up)
 
-__all__ = ["EXPORT_META", "export_meta", "MAX_TOKENS_PER_S", "DecodingOptions", "Result", "Segment", "check_options", "export_format",
+__all__ = ["EXPORT_META", "export_meta", "MAX_TOKENS_PER_S", "SAFEGUARD_FIELDS", "DecodingOptions", "Result", "Segment", "check_options", "export_format",
            "load_runtime", "max_new_tokens", "runtime_for", "transcribe_audio", "transcribe_many", "warm_up"]
 
 EXPORT_META = "speechtune_export.json"  # written by `speechtune export` into every export folder

@@ -16,6 +16,10 @@ the same surface, so a command never asks which it holds:
 
 `transcribe_many` routes a list of clips of any length through a runtime, grouped by language: the one
 loop that evaluate, compare, export's parity check and train's evaluations all decode with.
+
+Every runtime decodes with the decode-time safeguards of openai-whisper and faster-whisper (temperature
+fallback, compression-ratio and log-probability checks, the no-speech rule), on by default with their
+defaults; the logic is written once, in safeguards.py, and `--no-safeguards` restores a single decoding.
 """
 from __future__ import annotations
 
@@ -36,6 +40,13 @@ MAX_TOKENS_PER_S = 15
 MIN_NEW_TOKENS = 32
 # Whisper's decoder holds 448 positions; the prefix takes a few of them.
 MAX_NEW_TOKENS = 440
+# The hottest fallback temperature: openai-whisper's `np.arange(temperature, 1.0 + 1e-6, increment)`.
+MAX_TEMPERATURE = 1.0
+
+
+# The DecodingOptions fields of the decode-time safeguards: every command that decodes takes them as flags.
+SAFEGUARD_FIELDS = ("safeguards", "temperature_increment_on_fallback", "compression_ratio_threshold",
+                    "logprob_threshold", "no_speech_threshold")
 
 
 @dataclass(frozen=True)
@@ -47,13 +58,37 @@ class DecodingOptions:
     task: str = option("transcribe", "transcribe | translate (multilingual models)",
                        choices=("transcribe", "translate"))
     beam_size: int = option(1, "beams for decoding (1: greedy)")
-    temperature: float = option(0.0, "sampling temperature (0: deterministic)")
+    temperature: float = option(0.0, "sampling temperature (0: deterministic); with safeguards, the first one "
+                                "tried")
+    # The safeguards below and their defaults are openai-whisper's and faster-whisper's (see safeguards.py).
+    temperature_increment_on_fallback: float = option(
+        0.2, "a decoding that fails a check is retried this much hotter, up to 1.0 (0: no retry)")
+    compression_ratio_threshold: float | None = option(
+        2.4, "fall back when the text's gzip compression ratio is above this: a loop (inf: never)")
+    logprob_threshold: float | None = option(
+        -1.0, "fall back when the average log-probability of the tokens is below this (=-inf: never)")
+    no_speech_threshold: float | None = option(
+        0.6, "empty text when the no-speech probability is above this and the average log-probability below "
+        "--logprob-threshold (1: never)")
+    safeguards: bool = option(True, "the fallback and checks above; --no-safeguards: one decoding at "
+                              "--temperature, its text as it comes")
     prompt: str | None = option(None, "text that biases the decoder (names, terms), as OpenAI's prompt")
     timestamps: bool = option(False, "segments with real cue times (long-form decoding)")
     batch_size: int = option(8, "clips per decoding batch")
 
     def replace(self, **changes) -> "DecodingOptions":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """The temperatures a clip may be decoded at, in order: `temperature`, then one increment hotter at a
+        time up to MAX_TEMPERATURE (0, 0.2, ..., 1.0 by default); only `temperature` without safeguards or
+        without an increment."""
+        step = self.temperature_increment_on_fallback
+        if not self.safeguards or step <= 0 or self.temperature >= MAX_TEMPERATURE:
+            return (self.temperature,)
+        n = int((MAX_TEMPERATURE - self.temperature) / step + 1e-6)
+        return tuple(round(self.temperature + i * step, 6) for i in range(n + 1))
 
 
 @dataclass
@@ -68,6 +103,9 @@ class Segment:
     avg_logprob: float | None = None
     compression_ratio: float | None = None
     no_speech_prob: float | None = None
+    # Every temperature failed the safeguards' checks: the text is the best attempt (faster-whisper's choice),
+    # likely a loop or a guess; False where it passed or the back end does not tell.
+    fallback_failed: bool = False
 
 
 @dataclass
@@ -104,7 +142,10 @@ def check_language(runtime, language: str | None) -> None:
 
 def check_options(runtime, options: DecodingOptions) -> None:
     """A one-line error when `options` ask for what the runtime cannot do, before any audio is decoded."""
-    wanted = {"beams": options.beam_size > 1, "sampling": options.temperature > 0,
+    # the fallback's hotter decodings are sampling too, for a model that decodes token by token (a CTC model
+    # labels every frame at once: nothing to fall back from)
+    sampling = options.temperature > 0 or (getattr(runtime, "autoregressive", True) and max(options.temperatures) > 0)
+    wanted = {"beams": options.beam_size > 1, "sampling": sampling,
               "prompt": bool(options.prompt), "timestamps": options.timestamps,
               "translate": options.task == "translate"}
     missing = [k for k, on in wanted.items() if on and k not in runtime.supports]
@@ -113,6 +154,9 @@ def check_options(runtime, options: DecodingOptions) -> None:
                               "decode greedily as text, or use the source model (or a CTranslate2 export)")
     if options.beam_size < 1 or options.batch_size < 1:
         raise SpeechtuneError("--beam-size and --batch-size must be at least 1")
+    if options.temperature < 0 or options.temperature_increment_on_fallback < 0:
+        raise SpeechtuneError("--temperature and --temperature-increment-on-fallback must be at least 0",
+                              "0 decodes deterministically; --no-safeguards turns the fallback off")
     check_language(runtime, options.language)
 
 

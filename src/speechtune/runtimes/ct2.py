@@ -1,8 +1,10 @@
 """A CTranslate2 Whisper folder as a runtime, through faster-whisper (CPU or CUDA, any quantization).
 
 Clips up to 30 s are decoded in one batched `ctranslate2.models.Whisper.generate` call (which is what lets
-`serve` batch concurrent requests); longer audio, or a request for timestamps, goes through faster-whisper's
-own sequential 30 s windows, with its temperature fallback.
+`serve` batch concurrent requests), through the shared safeguards (safeguards.py) with CTranslate2's scores
+and no-speech probabilities; a fallback re-decodes only the clips that failed. Longer audio, or a request for
+timestamps, goes through faster-whisper's own sequential 30 s windows, with its temperature fallback and
+thresholds (the same rules and defaults) set from the same options.
 """
 from __future__ import annotations
 
@@ -16,9 +18,7 @@ from ..audio import SAMPLE_RATE
 from ..errors import SpeechtuneError
 from .base import (DecodingOptions, Result, Segment, check_language, decode_language, join_segments,
                    max_new_tokens, seconds)
-
-# faster-whisper's own default fallback, as openai-whisper's: retried hotter when a window fails its checks
-FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+from .safeguards import SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, needs_fallback, result_of
 # What an export's speechtune_export.json may say, and what runs on a CPU instead: CTranslate2 has no fast
 # fp16 on CPU.
 CPU_COMPUTE = {"float16": "float32", "int8_float16": "int8_float32", "bfloat16": "float32",
@@ -98,22 +98,60 @@ class CT2Runtime:
             token_prompts.append(self.fw.get_prompt(tok, previous, without_timestamps=True))
         budget = max_new_tokens(max(seconds(w) for w in wavs))
         max_length = min(self.fw.max_length, max(len(p) for p in token_prompts) + budget)
-        sampled = options.temperature > 0
-        results = self.fw.model.generate(
-            enc, token_prompts, beam_size=1, max_length=max_length, suppress_blank=True,
-            suppress_tokens=self.suppress, sampling_temperature=options.temperature if sampled else 1.0,
-            sampling_topk=0 if sampled else 1)
         tok = self._tokenizer(None)
-        return [Result(tok.decode(r.sequences_ids[0]).strip(), lang if self.multilingual else "en", seconds(w))
-                for r, lang, w in zip(results, languages, wavs)]
+        scored = options.safeguards
+
+        def decode(idx: list[int], temperature: float) -> list[Attempt]:
+            # a fallback for some clips encodes just those again: cheap beside the decoding it repeats
+            memory = enc if len(idx) == n else self.fw.model.encode(ctranslate2.StorageView.from_array(feats[idx]))
+            sampled = temperature > 0
+            if sampled and options.safeguards:
+                ctranslate2.set_random_seed(SAMPLING_SEED)
+            results = self.fw.model.generate(
+                memory, [token_prompts[i] for i in idx], beam_size=1, max_length=max_length, suppress_blank=True,
+                suppress_tokens=self.suppress, sampling_temperature=temperature if sampled else 1.0,
+                sampling_topk=0 if sampled else 1, return_scores=scored, return_no_speech_prob=scored)
+            return [self._attempt(r, tok, scored) for r in results]
+
+        attempts = decode_with_fallback(decode, n, options)
+        return [result_of(a, lang if self.multilingual else "en", seconds(w))
+                for a, lang, w in zip(attempts, languages, wavs)]
+
+    @staticmethod
+    def _attempt(r, tok, scored: bool) -> Attempt:
+        """An attempt from a generate result. CTranslate2's score is the summed log-probability over the
+        length (length_penalty 1); recovered as faster-whisper does."""
+        tokens = list(r.sequences_ids[0])
+        if not scored:
+            return Attempt(tok.decode(tokens).strip(), tokens)
+        return Attempt(tok.decode(tokens).strip(), tokens, average_logprob(r.scores[0] * len(tokens), len(tokens)),
+                       r.no_speech_prob)
 
     def transcribe(self, wav: np.ndarray, options: DecodingOptions) -> Result:
-        """Any length: faster-whisper's sequential windows, with segment times."""
+        """Any length: faster-whisper's sequential windows, with segment times and its own fallback."""
+        import ctranslate2
+
+        on = options.safeguards
+        if on:
+            ctranslate2.set_random_seed(SAMPLING_SEED)  # before the segments are decoded, as they are iterated
+        # the cap per window, within the decoder's positions (faster-whisper refuses more)
+        previous = self._tokenizer(options.language).encode(" " + options.prompt.strip()) if options.prompt else []
+        room = self.fw.max_length - len(self.fw.get_prompt(self._tokenizer(options.language), previous, True))
         segments, info = self.fw.transcribe(
             wav, language=decode_language(self, options.language), beam_size=1,
-            temperature=options.temperature if options.temperature > 0 else list(FALLBACK_TEMPERATURES),
-            initial_prompt=options.prompt or None, vad_filter=False, without_timestamps=not options.timestamps,
-            condition_on_previous_text=False)
-        segs = [Segment(round(s.start, 3), round(s.end, 3), s.text.strip(), list(s.tokens), s.seek, s.temperature,
-                        s.avg_logprob, s.compression_ratio, s.no_speech_prob) for s in segments]
+            temperature=list(options.temperatures), initial_prompt=options.prompt or None, vad_filter=False,
+            without_timestamps=not options.timestamps, condition_on_previous_text=False,
+            max_new_tokens=min(max_new_tokens(seconds(wav)), room),
+            compression_ratio_threshold=options.compression_ratio_threshold if on else None,
+            log_prob_threshold=options.logprob_threshold if on else None,
+            no_speech_threshold=options.no_speech_threshold if on else None)
+        segs = [self._segment(s, options) for s in segments]
         return Result(join_segments([s.text for s in segs]), info.language, seconds(wav), segs)
+
+    @staticmethod
+    def _segment(s, options: DecodingOptions) -> Segment:
+        """A faster-whisper segment; it keeps a window that failed at every temperature, which still fails."""
+        stats = Attempt(s.text, avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob,
+                        compression_ratio=s.compression_ratio)
+        return Segment(round(s.start, 3), round(s.end, 3), s.text.strip(), list(s.tokens), s.seek, s.temperature,
+                       s.avg_logprob, s.compression_ratio, s.no_speech_prob, needs_fallback(stats, options))

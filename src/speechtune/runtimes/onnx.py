@@ -1,5 +1,5 @@
 """An ONNX export (`speechtune export --format onnx`, see export/onnx.py for its graphs) as a runtime:
-onnxruntime on the CPU, greedy decoding in numpy, text without segment times.
+onnxruntime on the CPU, greedy (or sampled) decoding in numpy, text without segment times.
 
 Greedy decoding, as `OnnxRuntime.transcribe_batch` does it (the same rules HF `generate` applies with one
 beam, so on the same weights both give the same tokens):
@@ -13,6 +13,13 @@ beam, so on the same weights both give the same tokens):
        tokens); stop when all have ended, the length reaches max_target_positions (448), or after
        `runtimes.base.max_new_tokens(seconds)` new tokens (the cap HF decoding uses here too).
     4. text = tokenizer.decode(generated, skip_special_tokens=True)
+
+At a temperature t > 0 step 3 samples instead of taking the argmax: next = argmax(logits / t + Gumbel noise),
+a draw from softmax(logits / t), from a generator seeded with safeguards.SAMPLING_SEED. The safeguards
+(safeguards.py) run over this loop: each step also adds log_softmax(logits)[next] to the sequence's sum
+(openai-whisper's sum_logprobs, the <|endoftext|> included), and one decoder step on <|startoftranscript|>
+alone (the one language detection reads) gives P(<|nospeech|>) of the clips that need it. A fallback
+re-decodes only the clips that failed, from the encoder output already computed.
 """
 from __future__ import annotations
 
@@ -25,13 +32,14 @@ import numpy as np
 from ..audio import SAMPLE_RATE, WINDOW_SAMPLES
 from ..errors import SpeechtuneError
 from .base import DecodingOptions, Result, check_language, decode_language, join_segments, max_new_tokens, seconds
+from .safeguards import SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, no_speech_token, result_of
 
 
 class OnnxRuntime:
     """An ONNX export run with onnxruntime (CPU), greedy decoding as in the module docstring."""
 
     name = "onnx"
-    supports = frozenset()
+    supports = frozenset({"sampling"})
 
     def __init__(self, folder: str | Path, threads: int = 0):
         import onnxruntime as ort
@@ -83,15 +91,32 @@ class OnnxRuntime:
         logits, *cache = self.decoder.run(None, {"input_ids": ids[:, cache[0].shape[2] - 1:].astype(np.int64), **feed})
         return logits, cache
 
+    def first_logits(self, hidden: list[np.ndarray]) -> np.ndarray:
+        """The logits after <|startoftranscript|> alone, per clip: language detection and P(<|nospeech|>)."""
+        first = np.full((len(hidden[0]), 1), self.gen.decoder_start_token_id)
+        return self.step(first, hidden)[0]
+
     def detect_language(self, hidden: list[np.ndarray]) -> list[str]:
         lang_ids = np.array(sorted(self.gen.lang_to_id.values()))
-        first = np.full((len(hidden[0]), 1), self.gen.decoder_start_token_id)
-        best = lang_ids[self.step(first, hidden)[0][:, lang_ids].argmax(-1)]
+        best = lang_ids[self.first_logits(hidden)[:, lang_ids].argmax(-1)]
         names = {v: k[2:-2] for k, v in self.gen.lang_to_id.items()}
         return [names[int(i)] for i in best]
 
+    def no_speech_probs(self, logits: np.ndarray) -> list[float]:
+        """P(<|nospeech|>) from `first_logits`."""
+        top = logits.max(-1, keepdims=True)
+        probs = np.exp(logits - top) / np.exp(logits - top).sum(-1, keepdims=True)
+        return probs[:, no_speech_token(self.gen)].tolist()
+
     def generate(self, hidden: list[np.ndarray], prefixes: list[list[int]], max_new_tokens: int | None = None) -> list[list[int]]:
         """Greedy tokens after each prefix (prefixes of equal length), without the prefix and the final EOT."""
+        return self.sample(hidden, prefixes, max_new_tokens)[0]
+
+    def sample(self, hidden: list[np.ndarray], prefixes: list[list[int]], max_new_tokens: int | None = None,
+               temperature: float = 0.0, scores: bool = False) -> tuple[list[list[int]], list[float | None]]:
+        """Tokens after each prefix (prefixes of equal length), without the prefix and the final EOT: greedy at
+        temperature 0, else sampled (module docstring); with `scores`, each sequence's summed log-probability
+        (EOT included), else Nones."""
         eot = self.gen.eos_token_id
         suppress = np.array(self.gen.suppress_tokens or [], dtype=np.int64)
         begin = np.array(self.gen.begin_suppress_tokens or [], dtype=np.int64)
@@ -100,13 +125,18 @@ class OnnxRuntime:
         limit = self.max_length if max_new_tokens is None else min(self.max_length, start + max_new_tokens)
         rows = np.arange(len(ids))  # the caller's row of each sequence still decoding
         out: list[list[int]] = [[] for _ in prefixes]
+        sums = np.zeros(len(ids)) if scores else None
+        rng = np.random.default_rng(SAMPLING_SEED)
         cache = None
         while len(rows) and ids.shape[1] < limit:
             logits, cache = self.step(ids, hidden, cache)
             logits[:, suppress] = -np.inf
             if ids.shape[1] == start:
                 logits[:, begin] = -np.inf
-            ids = np.concatenate([ids, logits.argmax(-1)[:, None]], axis=1)
+            nxt = pick(logits, temperature, rng)
+            if scores:
+                sums[rows] += chosen_logprobs(logits, nxt)
+            ids = np.concatenate([ids, nxt[:, None]], axis=1)
             live = ids[:, -1] != eot
             if not live.all():
                 # finished sequences leave the batch: every step reads each row's cross-attention keys and
@@ -117,7 +147,7 @@ class OnnxRuntime:
                 cache = None if cache is None else [c[live] for c in cache]
         for r, seq in zip(rows, ids):
             out[r] = seq[start:].tolist()
-        return out
+        return out, (sums.tolist() if scores else [None] * len(out))
 
     def prefix(self, language: str | None) -> list[int]:
         from ..models.whisper import prefix_ids
@@ -128,7 +158,8 @@ class OnnxRuntime:
 
     def transcribe_batch(self, wavs: list[np.ndarray], options: DecodingOptions,
                          languages: list[str | None] | None = None, prompts=None) -> list[Result]:
-        """Greedy texts of clips <= 30 s (`prompts` are not supported: check_options refuses them first)."""
+        """Texts of clips <= 30 s, through the safeguards (`prompts` are not supported: check_options refuses
+        them first)."""
         budget = max_new_tokens(max(seconds(w) for w in wavs))
         hidden = self.encode(wavs)
         langs = [decode_language(self, x) for x in (languages or [options.language] * len(wavs))]
@@ -138,10 +169,19 @@ class OnnxRuntime:
         results: list[Result | None] = [None] * len(wavs)
         for lang in dict.fromkeys(langs):  # one prefix length per group keeps the batch rectangular
             idx = [i for i, x in enumerate(langs) if x == lang]
-            tokens = self.generate([m[idx] for m in hidden], [self.prefix(lang)] * len(idx), budget)
-            for i, t in zip(idx, tokens):
-                results[i] = Result(self.tokenizer.decode(t, skip_special_tokens=True).strip(),
-                                    lang if self.multilingual else "en", seconds(wavs[i]))
+            group = [m[idx] for m in hidden]
+
+            def decode(sub: list[int], temperature: float, group=group, lang=lang) -> list[Attempt]:
+                tokens, sums = self.sample([m[sub] for m in group], [self.prefix(lang)] * len(sub), budget,
+                                           temperature, scores=options.safeguards)
+                return [Attempt(self.tokenizer.decode(t, skip_special_tokens=True).strip(), t,
+                                None if s is None else average_logprob(s, len(t))) for t, s in zip(tokens, sums)]
+
+            def no_speech(sub: list[int], group=group) -> list[float]:
+                return self.no_speech_probs(self.first_logits([m[sub] for m in group]))
+
+            for i, a in zip(idx, decode_with_fallback(decode, len(idx), options, no_speech)):
+                results[i] = result_of(a, lang if self.multilingual else "en", seconds(wavs[i]))
         return results
 
     def transcribe(self, wav: np.ndarray, options: DecodingOptions) -> Result:
@@ -150,3 +190,19 @@ class OnnxRuntime:
         results = self.transcribe_batch(parts, options)
         language = results[0].language if results else options.language
         return Result(join_segments([r.text for r in results]), language, seconds(wav))
+
+
+def pick(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """The next token of each row: the argmax at temperature 0, else a draw from softmax(logits / t) (the
+    Gumbel-max trick: argmax of logits / t plus -log(-log(U)) noise)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    noise = -np.log(-np.log(rng.uniform(np.finfo(np.float32).tiny, 1.0, logits.shape)))
+    return (logits / temperature + noise).argmax(-1)
+
+
+def chosen_logprobs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """log_softmax(logits)[row, token] per row, at temperature 1 (openai-whisper's sum_logprobs)."""
+    top = logits.max(-1)
+    norm = top + np.log(np.exp(logits - top[:, None]).sum(-1))
+    return logits[np.arange(len(tokens)), tokens] - norm

@@ -303,7 +303,8 @@ async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: 
         wav = await run_in_threadpool(decode, data, name, max_seconds=cfg.max_audio_seconds)
     except AudioError as e:
         raise ApiError(AUDIO_STATUS.get(e.reason, 400), f"{name}: {e.detail}", e.reason, "file") from None
-    job = Job(wav, p["language"], p["prompt"], p["temperature"], timestamps=p["format"] in ("srt", "vtt", "verbose_json"))
+    job = Job(wav, p["language"], p["prompt"], p["temperature"], timestamps=p["format"] in ("srt", "vtt", "verbose_json"),
+              safeguards=cfg.safeguards)
     try:
         future = worker.submit(job)
     except QueueFull as e:

@@ -25,5 +25,7 @@ class ServeConfig:
     max_queue: int = option(64, "requests waiting for the model before 503")
     max_batch: int = option(8, "most requests decoded in one batch", flag="--batch-size")
     retry_after_s: int = option(1, "Retry-After seconds sent with a 503 for a full queue")
+    safeguards: bool = option(True, "decode-time safeguards (temperature fallback, compression-ratio, log-prob and "
+                              "no-speech checks) on every request, as transcribe does; --no-safeguards: off")
     voice: str | None = option(None, "also serve this voice at POST /v1/audio/speech: joe (bundled), a piper .onnx "
                                "voice or a folder holding one; without a MODEL, serve only the voice")

@@ -45,6 +45,7 @@ class Job:
     prompt: str | None = None
     temperature: float = 0.0
     timestamps: bool = False
+    safeguards: bool = True
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
 
     @property
@@ -57,7 +58,7 @@ class Job:
 
     def options(self) -> DecodingOptions:
         return DecodingOptions(language=self.language, temperature=self.temperature, prompt=self.prompt,
-                               timestamps=self.timestamps)
+                               timestamps=self.timestamps, safeguards=self.safeguards)
 
 
 def ct2_for(spec, quantization: str = "int8") -> Path:
