@@ -101,3 +101,17 @@ def build_tiny_ctc(out: Path, model_type: str = "wav2vec2", vocab: dict | None =
     if vocab:
         vocab_tokenizer(vocab, out).save_pretrained(out)
     return out
+
+
+class Killed(Exception):
+    """What `kill_at` raises: a run interrupted as a kill -9 would, after a given optimizer step."""
+
+
+def kill_at(monkeypatch, step: int) -> None:
+    """Make training raise Killed right after optimizer step `step` (train.loop's after_step hook)."""
+    from speechtune.train import loop
+
+    def hook(s, state):
+        if s == step:
+            raise Killed
+    monkeypatch.setattr(loop, "after_step", hook)

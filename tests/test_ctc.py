@@ -177,20 +177,14 @@ def test_an_existing_head_keeps_its_vocabulary_and_refuses_characters_it_lacks(p
 
 
 def test_resume_gives_the_same_weights(prepared, tmp_path, monkeypatch):
-    from speechtune.train import loop
     from speechtune.train.recipe import train
+    from tests.conftest import Killed, kill_at
     model = build_tiny_ctc(tmp_path / "m", "wav2vec2")
     kw = dict(mode="full", max_steps=6, eval_every=3, batch_size=2, grad_accum=2, spec_augment=True,
               mask_time_prob=0.2)  # SpecAugment masks: the restored RNG state matters
     ref = train(_cfg(model, prepared, tmp_path / "ref", **kw), progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(step, state):
-        if step == 4:
-            raise Killed
-    monkeypatch.setattr(loop, "after_step", kill_at_4)
+    kill_at(monkeypatch, 4)
     with pytest.raises(Killed):
         train(_cfg(model, prepared, tmp_path / "run", **kw), progress=False)
     monkeypatch.undo()

@@ -369,3 +369,29 @@ def test_old_option_names_still_work(capsys):
     assert cli_main(args + ["--grad-checkpointing"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out) == new and new["grad_checkpointing"] and "deprecated" in out.err
+
+
+def test_a_cpu_estimate_counts_the_process():
+    from speechtune.plan.estimate import CPU_PROCESS
+
+    cpu = estimate("tiny.en", "full", 2, precision="fp32", label_tokens=16, device="cpu", gpus=["A10"])
+    gpu = estimate("tiny.en", "full", 2, precision="fp32", label_tokens=16, device="cuda", gpus=["A10"])
+    bare = memory(model_info("tiny.en"), Setup(mode="full", batch_size=2, precision="fp32", label_tokens=16,
+                                              device="cpu"))
+    assert cpu.memory["overhead"] == CPU_PROCESS and gpu.memory["overhead"] == CUDA_OVERHEAD
+    assert cpu.memory["total"] == bare["total"] + CPU_PROCESS
+
+
+def test_ctc_label_lengths_are_characters(tmp_path):
+    from speechtune.models.ctc import ctc_text
+    from speechtune.plan.data import data_figures, setup_options
+
+    texts = ["Hello, world!", "a much longer transcript than the first one"]
+    (tmp_path / "train.jsonl").write_text("".join(
+        json.dumps({"audio": f"{i}.wav", "text": t, "duration": 2.0 + 3 * i}) + "\n" for i, t in enumerate(texts)))
+    fig = data_figures(tmp_path, "wav2vec2-base")
+    assert fig.label_unit == "characters" and fig.label_lengths["max"] == len(ctc_text(texts[1]))
+    assert (fig.clips, fig.hours, fig.clip_seconds["max"]) == (2, 7.0 / 3600, 5.0)
+    # a CTC batch pads to its longest clip; Whisper's every clip to 30 s
+    assert setup_options(fig, "ctc") == {"label_tokens": len(ctc_text(texts[1])), "audio_seconds": 5.0}
+    assert setup_options(fig, "whisper") == {"label_tokens": len(ctc_text(texts[1]))}

@@ -295,14 +295,14 @@ def encoder_cache(cfg, model, out: Path, autocast):
 
 def loss(model, clips, idx, cache, cfg, step: int):
     """Mean CTC loss of one micro-batch (per target token, zero_infinity on)."""
-    from ..train.data import collate_labels
+    from ..train.data import augment_rng, collate_labels
 
     inner = getattr(model, "module", model)
     device, dtype = inner.device, next(inner.parameters()).dtype
     if cache is not None:
         inputs = cache.inputs(clips, idx, device, dtype)
     else:
-        rng = np.random.default_rng([cfg.seed, step, idx[0]])
+        rng = augment_rng(cfg.seed, step, idx)
         inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                   for k, v in clips.inputs(idx, rng, cfg.speed_perturb or (), cfg.noise_snr).items()}
     labels = collate_labels([clips.labels[i] for i in idx]).to(device)

@@ -136,7 +136,7 @@ def setup_training(cfg, model):
 
 def loss(model, clips, idx, cache, cfg, step: int):
     """Mean cross-entropy of one micro-batch: from cached encoder states, or features through the encoder."""
-    from ..train.data import collate_labels
+    from ..train.data import augment_rng, collate_labels
 
     inner = getattr(model, "module", model)  # under DDP, the HF model is wrapped
     device, dtype = inner.device, next(inner.parameters()).dtype
@@ -144,7 +144,7 @@ def loss(model, clips, idx, cache, cfg, step: int):
     if cache is not None:
         hidden = cache.batch(idx, clips, inner.get_encoder(), device, dtype)
         return model(encoder_outputs=(hidden,), labels=labels).loss
-    rng = np.random.default_rng([cfg.seed, step, idx[0]])  # augmentation draws depend on position only
+    rng = augment_rng(cfg.seed, step, idx)  # augmentation draws depend on position only
     features = clips.features(idx, rng, cfg.speed_perturb or (), cfg.noise_snr).to(device, dtype)
     return model(input_features=features, labels=labels).loss
 

@@ -9,6 +9,7 @@ FLOPs / (peak FLOP/s x utilisation); the utilisation is an assumption by model w
     plan.memory     bytes and FLOPs of one training step, block by block
     plan.estimate   this module: Estimate, estimate(), max_batch(), the recommendation, format_summary()
     plan.calibrate  real training steps here: measured time, FLOP/s and peak memory
+    plan.data       a prepared folder's clips, hours and label lengths (--data)
 """
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ __all__ = ["Estimate", "GiB", "GpuRow", "calibrate", "estimate", "estimate_for_t
 # `--calibrate` on the target GPU replaces them.
 UTILISATION_BY_WIDTH = ((512, 0.15), (1024, 0.25), (10**9, 0.35))
 FIT_FRACTION = 0.92               # leave ~8% for the caching allocator's fragmentation
+# What a CPU training process holds besides the tensors plan.memory counts (on a GPU those are host memory, not
+# in the figure): the interpreter, torch, transformers, accelerate, peft, the tokenizer, and what the base
+# model's evaluation leaves in the heap. Measured: `speechtune train` on tiny.en just before its first step,
+# resident set minus weights, 479 (freeze-encoder), 525 (full), 566 MB (LoRA); benchmarks/train_memory.py.
+CPU_PROCESS = 525 * 2**20
+WHISPER_MAX_LABELS = 448          # Whisper's decoder length: the label-token default without --data, a worst case
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Estimate:
     calibration: dict | None = None
     clips_per_epoch: int | None = None
     epochs: float | None = None
+    data: dict | None = None     # plan.data.DataFigures of --data, and `from_data`: the figures taken from it
 
     def fits(self, device_bytes: int) -> bool:
         return self.memory["total"] <= device_bytes * FIT_FRACTION
@@ -139,11 +147,14 @@ def estimate(model, mode: str = "full", batch_size: int = 8, **options) -> Estim
 def estimate_setup(model, s: Setup, *, dataset_hours: float | None = None, epochs: float = 1.0,
                    clip_seconds: float = 5.0, clips: int | None = None, gpus=None, utilisation: float | None = None,
                    prices: dict | None = None, encoder_cache: bool = True, calibration: dict | None = None,
-                   recommend: bool = True) -> Estimate:
-    """The estimate of the run `s` describes, for `model`, on the catalog's GPUs (`gpus`: names; None = all)."""
+                   recommend: bool = True, data=None) -> Estimate:
+    """The estimate of the run `s` describes, for `model`, on the catalog's GPUs (`gpus`: names; None = all).
+    `data`: the plan.data.DataFigures the caller took figures from (`s`, `clips`), recorded and noted."""
     info = model_info(model)
     s.check()
     mem = memory(info, s)
+    if s.device == "cpu":  # the whole process's memory is the run's
+        mem = dict(mem, overhead=mem["overhead"] + CPU_PROCESS, total=mem["total"] + CPU_PROCESS)
     mem_gpu = mem if s.device == "cuda" else memory(info, replace(s, device="cuda"))
     fl = flops(info, s)
     util = utilisation or default_utilisation(info)
@@ -162,6 +173,9 @@ def estimate_setup(model, s: Setup, *, dataset_hours: float | None = None, epoch
                    memory=mem, flops_per_step=fl["step"], utilisation=util, gpus=rows,
                    notes=_notes(info, s, util, calibration, n_clips, clips, clip_seconds, epochs, encoder_cache),
                    calibration=calibration, clips_per_epoch=n_clips, epochs=epochs if n_clips else None)
+    if data is not None:
+        est.data = dict(data.to_dict(), from_data=_from_data(info, s, data, n_clips, dataset_hours))
+        est.notes.insert(0, data.describe())
     if recommend:
         est.recommendation = _recommend(est, info, s, dict(dataset_hours=dataset_hours, clips=clips, epochs=epochs,
                                                            clip_seconds=clip_seconds, gpus=gpus,
@@ -185,10 +199,10 @@ def _notes(info: ModelInfo, s: Setup, util, calibration, n_clips, clips, clip_se
         else:
             notes.append(f"{n_clips} clips of {clip_seconds:g} s, estimated as padded to --audio-seconds "
                          f"{s.audio_seconds:g} (CTC batches pad to the longest clip)")
-    if info.family == "whisper" and s.label_tokens >= 448:
+    if info.family == "whisper" and s.label_tokens >= WHISPER_MAX_LABELS:
         typical = memory(info, replace(s, label_tokens=64, device="cuda"))["total"]
         notes.append(f"label tokens 448 = Whisper's maximum, the worst case; with 64 (a 5-10 s sentence) the "
-                     f"peak is {typical / GiB:.1f} GiB: pass --label-tokens for your data")
+                     f"peak is {typical / GiB:.1f} GiB: pass --data PREPARED_DIR (or --label-tokens) for your data")
     if encoder_frozen(s) and encoder_cache and epochs > 1 and info.family == "whisper":
         notes.append("epochs after the first reuse cached encoder outputs (speechtune train does this "
                      "when no audio augmentation is on)")
@@ -196,6 +210,20 @@ def _notes(info: ModelInfo, s: Setup, util, calibration, n_clips, clips, clip_se
         notes.append("wav2vec2/HuBERT: freeze-encoder (and LoRA) freeze the convolutional feature encoder "
                      "(freeze_feature_encoder()); the transformer trains")
     return notes
+
+
+def _from_data(info: ModelInfo, s: Setup, data, n_clips, dataset_hours) -> list:
+    """Which figures of the estimate are the data's (the others were given, or are defaults)."""
+    from .data import setup_options
+    taken = setup_options(data, info.family)
+    used = []
+    if n_clips == data.clips and not dataset_hours:
+        used.append(f"{data.clips} clips ({data.hours:.2f} h)")
+    if s.label_tokens == taken["label_tokens"]:
+        used.append(f"label tokens {s.label_tokens} (the longest label)")
+    if "audio_seconds" in taken and s.audio_seconds == taken["audio_seconds"]:
+        used.append(f"audio {s.audio_seconds:g} s (the longest clip)")
+    return used or ["nothing (every figure was given)"]
 
 
 def _gpu_rows(info: ModelInfo, s: Setup, mem_gpu: dict, fl: dict, util: float, gpus, prices: dict, calibration,
@@ -308,8 +336,10 @@ def format_summary(est, n_clips: int | None = None, device_bytes: int | None = N
     if not isinstance(est, Estimate):
         est, device_bytes = estimate_for_training(est, n_clips, device_bytes, **options)
     m = est.memory
+    labels = f"{est.label_tokens} label tokens" + (" (the longest label in the data)" if est.data and any(
+        f.startswith("label tokens") for f in est.data["from_data"]) else "")
     lines = [f"estimate: {est.model} {est.mode}, {est.precision}, batch {est.batch_size}"
-             f"{' x' + str(est.grad_accum) if est.grad_accum > 1 else ''}: peak {_gib(m['total'])} GiB "
+             f"{' x' + str(est.grad_accum) if est.grad_accum > 1 else ''}, {labels}: peak {_gib(m['total'])} GiB "
              f"(weights {_gib(m['weights'])}, gradients {_gib(m['gradients'])}, optimizer {_gib(m['optimizer'])}, "
              f"activations {_gib(m['activations'])}, overhead {_gib(m['overhead'])}); "
              f"{est.params_trainable / 1e6:.1f}M of {est.params_total / 1e6:.1f}M parameters train"]
@@ -334,10 +364,20 @@ def _hours_text(h: float) -> str:
 
 def estimate_for_training(cfg, n_clips: int | None = None, device_bytes: int | None = None, **options) -> tuple:
     """(Estimate, device memory in bytes or None) of the run `cfg` (a TrainConfig) would do on this machine's
-    device: its GPU's catalog row (A10's where the GPU is not in the catalog), no GPU rows on a CPU."""
+    device: its GPU's catalog row (A10's where the GPU is not in the catalog), no GPU rows on a CPU. With
+    `cfg.data` (a prepared folder), the label length (and a CTC model's clip length) is its longest, as the
+    model's tokenizer counts it (plan.data), and the clip count its train.jsonl's, unless `options` say."""
     import torch
     device = str(getattr(cfg, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
     setup_options, options = split_options(options)
+    figures = None
+    if getattr(cfg, "data", None):
+        from .data import data_figures
+        from .data import setup_options as data_options
+        figures = data_figures(cfg.data, cfg.model, [getattr(cfg, "mix", None)])
+        setup_options = {**data_options(figures, model_info(cfg.model).family), **setup_options}
+        n_clips = figures.clips if n_clips is None else n_clips
+        options.setdefault("data", figures)
     s = setup_from_config(cfg, **{"device": device, **setup_options})
     gpus = None
     if s.device == "cuda":

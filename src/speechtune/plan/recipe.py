@@ -5,6 +5,7 @@ activations kept for backward, CUDA overhead); time from FLOPs per step and each
 assumed utilisation, which --calibrate replaces with one measured by running real steps here.
 
   speechtune estimate --model small --mode lora --batch-size 16 --dataset-hours 10 --epochs 3
+  speechtune estimate --model small --mode lora --batch-size 16 --data prepared/ --epochs 3   (plan.data)
   speechtune estimate --model ./my-whisper --mode full --batch-size 8 --gpu A10 --calibrate --json
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
 from ..train.config import train_default
 from .setup import MODES
+
+DEFAULT_CLIP_SECONDS = 5.0  # average clip length assumed for --dataset-hours without --data or --clip-seconds
 
 
 # Options that speechtune train has too take its names and defaults, so that an estimate describes the run
@@ -45,11 +48,19 @@ class EstimateConfig:
     # its name before it took speechtune train's; None = not given
     grad_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated: the old name of "
                                                                     "--gradient-checkpointing"})
-    audio_seconds: float = field(default=30.0, metadata={"help": "encoder input length (Whisper pads to 30)"})
-    label_tokens: int = field(default=448, metadata={"help": "decoder/label length of the longest batch"})
-    dataset_hours: float | None = field(default=None, metadata={"help": "hours of training audio"})
+    data: str | None = field(default=None, metadata={"help": "prepared folder (or manifest): clips, hours, clip "
+                                                     "lengths and label lengths (the model's tokenizer) from its "
+                                                     "train.jsonl"})
+    # None = from --data, else the default in the help
+    audio_seconds: float | None = field(default=None, metadata={"help": "encoder input length (Whisper pads to "
+                                                                "30; CTC: --data's longest clip, else 30)"})
+    label_tokens: int | None = field(default=None, metadata={"help": "decoder/label length of the longest batch "
+                                                             "(default: --data's longest label, else 448)"})
+    dataset_hours: float | None = field(default=None, metadata={"help": "hours of training audio (default: "
+                                                                "--data's)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
-    clip_seconds: float = field(default=5.0, metadata={"help": "average clip length (for the clip count)"})
+    clip_seconds: float | None = field(default=None, metadata={"help": "average clip length, for the clip count "
+                                                               "from --dataset-hours (default: --data's, else 5)"})
     gpu: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "GPU names from the catalog, or all"})
     utilisation: float | None = field(default=None, metadata={"help": "fraction of peak FLOP/s reached "
                                                               "(default by model width: 0.15-0.35)"})
@@ -95,17 +106,31 @@ def run(cfg: EstimateConfig):
         print("note: --grad-checkpointing is deprecated; use --gradient-checkpointing (speechtune train's name)",
               file=sys.stderr)
         checkpointing = cfg.grad_checkpointing
+    figures, from_data = _data(cfg)
     # EstimateConfig has train's field names: the run is built from it as from a TrainConfig (for a GPU).
-    s = setup_from_config(cfg, device="cuda", gradient_checkpointing=checkpointing)
+    s = setup_from_config(cfg, device="cuda", gradient_checkpointing=checkpointing, **from_data)
     cal = None
     if cfg.calibrate:
         import torch
         # On a CPU, training runs in fp32 (speechtune train autocasts on CUDA only): calibrate what would run.
         precision = cfg.precision if torch.cuda.is_available() else "fp32"
         cal = calibrate(cfg.model, setup=replace(s, precision=precision), steps=cfg.calibrate_steps)
-    return estimate_setup(cfg.model, s, dataset_hours=cfg.dataset_hours, epochs=cfg.epochs,
-                          clip_seconds=cfg.clip_seconds, gpus=gpus, utilisation=cfg.utilisation,
-                          prices=_prices(cfg.price), calibration=cal)
+    clips = figures.clips if figures and cfg.dataset_hours is None else None
+    clip_seconds = cfg.clip_seconds or (figures.clip_seconds["mean"] if figures else DEFAULT_CLIP_SECONDS)
+    return estimate_setup(cfg.model, s, dataset_hours=cfg.dataset_hours, epochs=cfg.epochs, clips=clips,
+                          clip_seconds=clip_seconds, gpus=gpus, utilisation=cfg.utilisation,
+                          prices=_prices(cfg.price), calibration=cal, data=figures)
+
+
+def _data(cfg: EstimateConfig) -> tuple:
+    """(plan.data.DataFigures of --data or None, the Setup fields taken from it: those not given as flags)."""
+    if not cfg.data:
+        return None, {}
+    from .data import data_figures, setup_options
+    from .info import model_info
+    figures = data_figures(cfg.data, cfg.model)
+    taken = setup_options(figures, model_info(cfg.model).family)
+    return figures, {k: v for k, v in taken.items() if getattr(cfg, k) is None}
 
 
 def _hours(h):
@@ -134,6 +159,8 @@ def render(est, console) -> None:
             f"{', gradient checkpointing' if est.grad_checkpointing else ''}; audio {est.audio_seconds:g} s, "
             f"{est.label_tokens} label tokens")
     console.print(head)
+    if est.data:
+        console.print(f"  data {est.data['manifest']}: {', '.join(est.data['from_data'])}")
     mem = Table(title="GPU memory at the peak", title_justify="left")
     mem.add_column("component")
     mem.add_column("GiB", justify="right")

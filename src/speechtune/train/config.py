@@ -54,6 +54,7 @@ class TrainConfig:
     encoder_cache_mb: float = field(default=4096, metadata={"help": "memory for cached encoder outputs; beyond it they spill to disk"})
     eval_every: int = field(default=0, metadata={"help": "steps between evaluations; 0 = once per epoch"})
     eval_max_clips: int = field(default=200, metadata={"help": "clips of valid (and guard) scored per evaluation"})
+    eval_safeguards: bool = field(default=True, metadata={"help": "decode evaluations with the decode-time safeguards (temperature fallback, as transcribe and serve do); --no-eval-safeguards: one greedy decoding"})
     eval_batch_size: int = field(default=16, metadata={"help": "clips per generate batch during evaluation"})
     stop_at: float = field(default=0.0, metadata={"help": "stop once the valid error rate is at most this (e.g. 0.02), guard permitting; 0 = off"})
     patience: int = field(default=0, metadata={"help": "stop after N evaluations without a better valid score; 0 = off"})

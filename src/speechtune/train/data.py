@@ -3,6 +3,11 @@
 Labels follow what `WhisperForConditionalGeneration` expects when only `labels` are given: it builds the decoder
 input by prepending `decoder_start_token_id` (<|startoftranscript|>) and shifting right, so a label row is the
 prefix without <|sot|>, then the text tokens, then <|endoftext|>; padding is -100 (ignored by the loss).
+
+Audio is read from the prepared folder when a batch needs it and never kept, so a run's memory does not grow
+with the number of clips (100 h of 16 kHz float32 audio is 23 GB). The training loop tells `Clips` which
+micro-batches come next (`read_ahead`), and DataLoader worker processes decode and compute their log-mel
+features while the model computes; `features()` then returns them, equal to what it would compute itself.
 """
 from __future__ import annotations
 
@@ -14,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import AudioError, SAMPLE_RATE, WINDOW_S, load_audio, resample
+from ..audio import AudioError, SAMPLE_RATE, WINDOW_S, header_seconds, load_audio, resample
 from ..errors import SpeechtuneError
 from ..manifest import read_manifest
 
 MAX_CLIP_S = WINDOW_S  # Whisper's encoder sees one window; a longer clip would be cut
+# Micro-batches each worker computes ahead (DataLoader's prefetch_factor, at its default): one to hand over
+# and one in the making is enough to hide decoding and log-mel (~40 ms a clip on one core) behind a step.
+READ_AHEAD_PER_WORKER = 2
 
 
 def load_split(path: Path, required: bool = True) -> list[dict]:
@@ -52,13 +60,26 @@ def read_wav(row: dict) -> np.ndarray:
         raise SpeechtuneError(f"{row['source']}: {e.reason} ({e.detail})", "re-run `speechtune prepare`") from None
 
 
-def label_ids(tokenizer, generation_config, text: str, language: str | None, max_len: int) -> list[int]:
+def clip_seconds(row: dict) -> float:
+    """A clip's length: the manifest's, else what the file's header says (nothing is decoded)."""
+    return row.get("duration") or header_seconds(row["audio"]) or 0.0
+
+
+def label_prefix(generation_config, language: str | None) -> list[int]:
+    """The prefix tokens a label row starts with: Whisper's decoder prompt without <|sot|>."""
     from ..models.whisper import prefix_ids
 
-    prefix = prefix_ids(generation_config, language if getattr(generation_config, "is_multilingual", False) else None)
+    multilingual = getattr(generation_config, "is_multilingual", False)
+    return prefix_ids(generation_config, language if multilingual else None)[1:]
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
     # A leading space matches how Whisper emits the first word after the prefix.
-    text_ids = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
-    ids = prefix[1:] + text_ids + [generation_config.eos_token_id]
+    return tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+
+
+def label_ids(tokenizer, generation_config, text: str, language: str | None, max_len: int) -> list[int]:
+    ids = label_prefix(generation_config, language) + text_ids(tokenizer, text) + [generation_config.eos_token_id]
     if len(ids) > max_len:
         raise SpeechtuneError(f"transcript too long for the decoder ({len(ids)} tokens > {max_len}): {text[:60]!r}")
     return ids
@@ -74,6 +95,30 @@ def augment(wav: np.ndarray, rng: np.random.Generator, speed: list[float], noise
         from ..synth import add_noise
         wav = add_noise(wav, noise_snr, rng)
     return wav[: int(MAX_CLIP_S * SAMPLE_RATE)]
+
+
+def augment_rng(seed: int, step: int, idx: list[int]) -> np.random.Generator:
+    """The generator of one micro-batch's augmentation draws, from its position only (run seed, optimizer
+    steps done, first clip), so a resumed run draws what an uninterrupted one did. It must be the one
+    families/whisper.py `loss` makes: features read ahead with another are not used (only time is lost)."""
+    return np.random.default_rng([seed, step, idx[0]])
+
+
+def log_mel(fe, wavs: list[np.ndarray]):
+    """(B, 80, 3000) log-mel, every clip padded to Whisper's 30 s window. Each clip goes through the feature
+    extractor on its own, so its features do not depend on the batch (or the process) that computed them."""
+    import torch
+
+    return torch.cat([fe([w], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features for w in wavs])
+
+
+def batch_features(rows: list[dict], fe, idx: list[int], rng: np.random.Generator | None = None, speed=(),
+                   noise_snr=None):
+    """Features of clips `idx`, read from disk (augmented with draws from `rng` when speed or noise is set)."""
+    wavs = [read_wav(rows[i]) for i in idx]
+    if rng is not None and (speed or noise_snr is not None):
+        wavs = [augment(w, rng, list(speed), noise_snr) for w in wavs]
+    return log_mel(fe, wavs)
 
 
 def batch_order(durations: list[float], batch_size: int, seed: int, epoch: int, group: int = 50) -> list[list[int]]:
@@ -101,8 +146,120 @@ def collate_labels(label_rows: list[list[int]]):
     return labels
 
 
+class PlannedBatches:
+    """A map-style dataset (torch's protocol) over planned micro-batches: item k is the features of
+    `plan[k] = (step, clip indices)`, augmented with `augment_rng(seed, step, idx)` when speed or noise is set,
+    with that generator's state before and after the draws. A user error comes back as a value (the loader
+    would turn it into a traceback), to be raised when that batch is asked for."""
+
+    def __init__(self, rows: list[dict], fe, plan: list[tuple[int, list[int]]], seed: int, speed=(),
+                 noise_snr=None):
+        self.rows, self.fe, self.plan, self.seed = rows, fe, plan, seed
+        self.speed, self.noise_snr = tuple(speed or ()), noise_snr
+        self.augmenting = bool(self.speed) or noise_snr is not None
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int) -> dict:
+        step, idx = self.plan[k]
+        rng = augment_rng(self.seed, step, idx) if self.augmenting else None
+        before = rng.bit_generator.state if rng is not None else None
+        try:
+            features = batch_features(self.rows, self.fe, idx, rng, self.speed, self.noise_snr)
+        except SpeechtuneError as e:
+            return {"k": k, "error": (e.message, e.hint)}
+        return {"k": k, "features": features, "rng_before": before,
+                "rng_after": rng.bit_generator.state if rng is not None else None}
+
+
+def _as_is(item):
+    return item
+
+
+class ReadAhead:
+    """Features of planned micro-batches computed by `workers` DataLoader processes, in plan order, at most
+    `workers * READ_AHEAD_PER_WORKER` ahead of the batch last asked for. The loader starts at the first
+    request that matches the plan (a run whose encoder outputs are all cached asks for none and starts none).
+
+    `take()` answers a request only when it is what the plan computed: the same clips (for augmented
+    batches the whole micro-batch, with a generator in the planned state, which it then advances as the
+    draws did); anything else is left to the caller to compute, so a wrong plan costs time, never results.
+    """
+
+    def __init__(self, dataset: PlannedBatches, workers: int):
+        self.dataset, self.workers = dataset, workers
+        self.window = workers * READ_AHEAD_PER_WORKER + 1
+        self.pos = 0            # the first plan entry that may still be asked for
+        self.next = 0           # the plan entry the loader yields next
+        self.batches = None     # the loader's iterator, once started
+        self.ready: dict[int, dict] = {}
+        self.hits = 0
+
+    def take(self, idx: list[int], rng, speed, noise_snr):
+        """The read-ahead features of clips `idx` (B, 80, 3000), or None when the plan does not hold them."""
+        ds = self.dataset
+        augmenting = rng is not None and (bool(speed) or noise_snr is not None)
+        if augmenting != ds.augmenting or augmenting and (tuple(speed), noise_snr) != (ds.speed, ds.noise_snr):
+            return None
+        k = self._find(list(idx), augmenting)
+        if k is None:
+            return None
+        item = self._item(k)
+        if "error" in item:
+            raise SpeechtuneError(*item["error"])
+        if augmenting:
+            if item["rng_before"] != rng.bit_generator.state:
+                return None
+            rng.bit_generator.state = item["rng_after"]
+            self.pos = k + 1
+        self.hits += 1
+        planned = ds.plan[k][1]
+        if list(idx) == planned:
+            return item["features"]
+        return item["features"][[planned.index(i) for i in idx]]
+
+    def _find(self, idx: list[int], whole: bool) -> int | None:
+        for k in range(self.pos, min(self.pos + self.window, len(self.dataset))):
+            planned = self.dataset.plan[k][1]
+            if (idx == planned) if whole else set(idx) <= set(planned):
+                return k
+        return None
+
+    def _item(self, k: int) -> dict:
+        """Plan entry k's result, pulling the loader up to it; results before k are dropped."""
+        if self.batches is None:
+            self.next = k
+            self.batches = iter(self._loader(k))
+        while self.next <= k:
+            item = next(self.batches)
+            self.ready[item["k"]] = item
+            self.next += 1
+        for old in [j for j in self.ready if j < k]:
+            del self.ready[old]
+        self.pos = max(self.pos, k)
+        return self.ready[k]
+
+    def _loader(self, start: int):
+        import torch
+        from torch.utils.data import DataLoader
+
+        # its own generator: a loader seeds its workers from the global torch RNG otherwise, which would move
+        # the dropout masks of the run (and break exact resumption)
+        return DataLoader(self.dataset, batch_size=None, sampler=range(start, len(self.dataset)),
+                          num_workers=self.workers, prefetch_factor=READ_AHEAD_PER_WORKER, collate_fn=_as_is,
+                          generator=torch.Generator())
+
+    def close(self) -> None:
+        """Stop the workers (dropping the loader's iterator shuts them down) and drop what is ready."""
+        self.batches = None
+        self.ready.clear()
+
+
 class Clips:
-    """A split held in memory: waveforms (decoded once), label ids, per-clip language."""
+    """A training split: label ids, per-clip language and durations (the manifest's) in memory; audio read from
+    disk when a batch needs it, never kept. Once told the coming micro-batches (`read_ahead`), their features
+    are computed ahead in DataLoader worker processes."""
 
     def __init__(self, rows: list[dict], processor, generation_config, language: str | None, max_label_len: int):
         self.rows = rows
@@ -115,24 +272,34 @@ class Clips:
                                   "set \"language\" in the manifest or pass --language")
         self.labels = [label_ids(processor.tokenizer, generation_config, r["text"], lang, max_label_len)
                        for r, lang in zip(rows, self.languages)]
-        self._wavs: dict[int, np.ndarray] = {}
-        self.durations = [r["duration"] or 0.0 for r in rows]
+        self.durations = [clip_seconds(r) for r in rows]
+        self.ahead: ReadAhead | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def wav(self, i: int) -> np.ndarray:
-        if i not in self._wavs:
-            self._wavs[i] = read_wav(self.rows[i])
-            self.durations[i] = len(self._wavs[i]) / SAMPLE_RATE
-        return self._wavs[i]
+        """Clip i's waveform, read from disk (each call reads it again)."""
+        return read_wav(self.rows[i])
+
+    def read_ahead(self, plan: list[tuple[int, list[int]]], workers: int, seed: int = 0, speed=(),
+                   noise_snr=None) -> None:
+        """The micro-batches the loop runs next, in order, as (optimizer steps done, clip indices): `workers`
+        processes compute their features ahead (0: none; an empty plan stops them). Replaces any plan before."""
+        if self.ahead is not None:
+            self.ahead.close()
+        self.ahead = None
+        if workers > 0 and plan:
+            self.ahead = ReadAhead(PlannedBatches(self.rows, self.fe, plan, seed, speed, noise_snr), workers)
 
     def features(self, idx: list[int], rng: np.random.Generator | None = None, speed=(), noise_snr=None):
-        """(B, 80, 3000) log-mel: Whisper's encoder only accepts 30 s windows, so every clip is padded."""
-        wavs = [self.wav(i) for i in idx]
-        if rng is not None and (speed or noise_snr is not None):
-            wavs = [augment(w, rng, list(speed), noise_snr) for w in wavs]
-        return self.fe(wavs, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        """(B, 80, 3000) log-mel: Whisper's encoder only accepts 30 s windows, so every clip is padded. Read
+        ahead when the plan holds these clips, else computed here; the same values either way."""
+        if self.ahead is not None:
+            ready = self.ahead.take(idx, rng, speed, noise_snr)
+            if ready is not None:
+                return ready
+        return batch_features(self.rows, self.fe, idx, rng, speed, noise_snr)
 
 
 def eval_rows(valid: list[dict], train: list[dict], max_clips: int) -> tuple[list[dict], str]:

@@ -6,9 +6,11 @@ Under `accelerate launch` each process takes every world_size-th group of batche
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ class TrainingDiverged(SpeechtuneError):
     pass
 
 
-def evaluate(whisper, eval_set: dict, batch_size: int) -> dict:
+def evaluate(whisper, eval_set: dict, batch_size: int, safeguards: bool = True) -> dict:
     """Error rate of real decoding (generate, through the same runtime and options as `evaluate`) on one set;
     clips are grouped by language for the prompt."""
     from ..metrics.score import score_corpus
@@ -29,7 +31,8 @@ def evaluate(whisper, eval_set: dict, batch_size: int) -> dict:
 
     was_training = whisper.model.training
     whisper.model.eval()
-    hyps = transcribe_many(runtime_for(whisper), eval_set["wavs"], DecodingOptions(batch_size=batch_size),
+    options = DecodingOptions(batch_size=batch_size, safeguards=safeguards)
+    hyps = transcribe_many(runtime_for(whisper), eval_set["wavs"], options,
                            eval_set["languages"])
     whisper.model.train(was_training)
     s = score_corpus(eval_set["refs"], hyps, language=[l or "en" for l in eval_set["languages"]])
@@ -40,7 +43,7 @@ def run_evals(whisper, step, evals, cfg, state, log, train_s: float = 0.0) -> di
     t = time.time()
     rec = {"step": step, "train_s": round(train_s, 2)}
     for name, es in evals.items():
-        r = evaluate(whisper, es, cfg.eval_batch_size)
+        r = evaluate(whisper, es, cfg.eval_batch_size, cfg.eval_safeguards)
         rec[name], rec["metric" if name == "valid" else f"{name}_metric"] = r["error_rate"], r["metric"]
     base = state["evals"][0] if state["evals"] else rec
     rec["guard_ok"] = rec.get("guard") is None or rec["guard"] <= base["guard"] + cfg.guard_threshold / 100
@@ -97,30 +100,126 @@ def train_step(model, group, loss_of, optimizer, scheduler, accelerator, max_gra
     return total_loss
 
 
-class RunLog:
-    """train_log.jsonl (and TensorBoard scalars) on the main process; nothing on the others."""
+def reporters(cfg) -> list[str]:
+    """The reporters `cfg` asks for: --report-to (several values, or comma-separated; "none" for none), less
+    tensorboard under --no-tensorboard. An unknown name or a package not installed is a one-line error, raised
+    before anything is written."""
+    import importlib
 
-    def __init__(self, out: Path, accelerator, tensorboard: bool):
+    names = [n.strip().lower() for item in (cfg.report_to or []) for n in str(item).split(",") if n.strip()]
+    names = [n for n in dict.fromkeys(names) if n != "none" and (n != "tensorboard" or cfg.tensorboard)]
+    for n in names:
+        if n not in REPORTERS:
+            raise SpeechtuneError(f"--report-to {n}: not a reporter speechtune knows",
+                                  f"choose from {', '.join(REPORTERS)} (or none)")
+        package = REPORTERS[n].package
+        if package:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise SpeechtuneError(f"--report-to {n}: the {package} package is not installed",
+                                      f"pip install {package}") from None
+    return names
+
+
+class TensorBoardReport:
+    """Scalars as TensorBoard events in MODEL_DIR/tensorboard; the config as a text summary."""
+    package = None  # tensorboard is one of speechtune's dependencies
+
+    def __init__(self, out: Path, config: dict):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.writer.add_text("config", "\n".join(f"    {k}: {v!r}" for k, v in config.items()))
+
+    def scalars(self, values: dict, step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbReport:
+    """A W&B run under MODEL_DIR/wandb: offline (`wandb sync` uploads it later) unless WANDB_MODE says
+    otherwise; the config as the run's config. Each start or resumption of a training run is one W&B run."""
+    package = "wandb"
+
+    def __init__(self, out: Path, config: dict):
+        import wandb
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "speechtune"), name=out.name, dir=str(out),
+                              config=config, mode=os.environ.get("WANDB_MODE", "offline"),
+                              settings=wandb.Settings(console="off", silent=True))
+
+    def scalars(self, values: dict, step: int) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MlflowReport:
+    """An MLflow run in experiment "speechtune" of a file store, MODEL_DIR/mlruns, unless MLFLOW_TRACKING_URI
+    names another; the config as its parameters. MLflow 3 keeps its file store only where
+    MLFLOW_ALLOW_FILE_STORE=true, which is set here unless the environment says otherwise (`mlflow ui` needs it
+    too, or `mlflow migrate-filestore` to a database)."""
+    package = "mlflow"
+
+    def __init__(self, out: Path, config: dict):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+        self.client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri())
+        exp = self.client.get_experiment_by_name("speechtune")
+        exp_id = exp.experiment_id if exp else self.client.create_experiment("speechtune")
+        self.run_id = self.client.create_run(exp_id, run_name=out.name).info.run_id
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in config.items()])
+
+    def scalars(self, values: dict, step: int) -> None:
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+# `--report-to` names; each class names the package it needs beyond speechtune's own (`package`)
+REPORTERS = {"tensorboard": TensorBoardReport, "wandb": WandbReport, "mlflow": MlflowReport}
+
+
+class RunLog:
+    """train_log.jsonl, and its numeric fields as scalars `EVENT/KEY` at each record's step (with the config,
+    once) to every reporter `cfg` asks for (`reporters`), on the main process; nothing on the others."""
+
+    def __init__(self, out: Path, accelerator, cfg):
         main = accelerator.is_main_process
+        names = reporters(cfg) if main else []
+        config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
         self.file = open(out / "train_log.jsonl", "a", encoding="utf-8") if main else None
-        self.tb = None
-        if main and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tensorboard"))
+        self.reports = []
+        try:
+            for n in names:
+                self.reports.append(REPORTERS[n](out, config))
+        except BaseException:
+            self.close()
+            raise
 
     def __call__(self, rec: dict) -> None:
         if self.file:
             self.file.write(json.dumps(rec) + "\n")
             self.file.flush()
-        if self.tb:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                    self.tb.add_scalar(f"{rec.get('event', 'train')}/{k}", v, rec["step"])
+        values = {f"{rec.get('event', 'train')}/{k}": v for k, v in rec.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        for r in self.reports:
+            r.scalars(values, rec["step"])
 
     def close(self) -> None:
-        for f in (self.file, self.tb):
-            if f:
-                f.close()
+        if self.file:
+            self.file.close()
+            self.file = None
+        for r in self.reports:
+            r.close()
+        self.reports = []
 
 
 def epoch_groups(durations: list[float], cfg, epoch: int, world: int, rank: int) -> list[list[list[int]]]:
@@ -134,6 +233,17 @@ def epoch_groups(durations: list[float], cfg, epoch: int, world: int, rank: int)
     short = -len(groups) % world
     groups += [groups[i % len(groups)] for i in range(short)]
     return groups[rank::world]
+
+
+def upcoming(groups: list, state: dict, total_steps: int) -> list[tuple[int, list[int]]]:
+    """The micro-batches the loop runs next in this epoch, in order, as (optimizer steps done before it, clip
+    indices), the step being what the family's loss is given: from the loop's position up to `total_steps`."""
+    plan = []
+    for k, group in enumerate(groups[state["group"]:]):
+        if state["step"] + k >= total_steps:
+            break
+        plan += [(state["step"] + k, idx) for idx in group]
+    return plan
 
 
 def _save(ckdir: Path, hf_model, optimizer, scheduler, state: dict, cfg, accelerator, step: int) -> None:
@@ -190,11 +300,12 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
     import torch
 
     ckdir = out / "checkpoints"
+    log = RunLog(out, accelerator, cfg)  # first: a reporter that is not installed stops the run here
     checkpoint.sweep(ckdir)
     world, rank = accelerator.num_processes, accelerator.process_index
     model, optimizer, scheduler = _optimizer(cfg, hf_model, accelerator, total_steps)
     state = _resume(ckdir, hf_model, optimizer, scheduler, accelerator, total_steps)
-    log = RunLog(out, accelerator, cfg.tensorboard)
+    read_ahead = getattr(clips, "read_ahead", None)  # clips that compute features ahead (train.data.Clips)
 
     save = functools.partial(_save, ckdir, hf_model, optimizer, scheduler, state, cfg, accelerator)
 
@@ -213,6 +324,9 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
     try:
         while state["step"] < total_steps and not state["stopped"]:
             groups = epoch_groups(clips.durations, cfg, state["epoch"], world, rank)
+            if read_ahead:
+                read_ahead(upcoming(groups, state, total_steps), cfg.data_workers, cfg.seed,
+                           cfg.speed_perturb or (), cfg.noise_snr)
             while state["group"] < len(groups) and state["step"] < total_steps:
                 total_loss = train_step(model, groups[state["group"]], loss_of, optimizer, scheduler, accelerator,
                                         cfg.max_grad_norm)
@@ -240,6 +354,8 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
         if state["step"] and checkpoint.steps(ckdir)[-1:] != [state["step"]]:  # the last step is always kept
             save(state["step"])
     finally:
+        if read_ahead:
+            read_ahead([], 0)  # stops the workers
         if bar:
             bar.close()
         log.close()

@@ -25,7 +25,10 @@ from ..config import add_dataclass_args, build_config, save_config
 from ..errors import SpeechtuneError
 from .config import TrainConfig
 
-RUN_ONLY = ("resume", "overwrite", "device")  # options that may change between a run and its resumption
+# options that may change between a run and its resumption (they change where logs go and how fast data
+# arrives, never what is trained)
+RUN_ONLY = ("resume", "overwrite", "device", "report_to", "tensorboard", "data_workers")
+LOG_FOLDERS = ("train_log.jsonl", "train_config.yaml", "tensorboard", "wandb", "mlruns")  # left by a failed start
 
 
 def add_arguments(parser) -> None:
@@ -66,6 +69,10 @@ def _check(cfg: TrainConfig, family) -> TrainConfig:
     for name in ("batch_size", "grad_accum", "eval_batch_size", "eval_max_clips", "log_every"):
         if getattr(cfg, name) < 1:
             raise SpeechtuneError(f"option {name}: must be at least 1")
+    if cfg.data_workers < 0:
+        raise SpeechtuneError("option data_workers: must be 0 or more", "0 computes features in the training process")
+    from .loop import reporters
+    reporters(cfg)  # an unknown or uninstalled reporter is refused before the model loads
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise SpeechtuneError("nothing to train: set --epochs or --max-steps above 0")
     if cfg.lr is not None and cfg.lr <= 0:
@@ -91,7 +98,7 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
                                   "re-run with the same options to resume, or pass --overwrite / another --out")
     elif cfg.resume:
         raise SpeechtuneError(f"--resume: no checkpoint in {out / 'checkpoints'}", "drop --resume to start a new run")
-    elif out.is_dir() and any(p.name not in ("train_log.jsonl", "train_config.yaml", "tensorboard") for p in out.iterdir()):
+    elif out.is_dir() and any(p.name not in LOG_FOLDERS for p in out.iterdir()):
         raise SpeechtuneError(f"--out {out}: folder exists and is not empty",
                               "pass a new folder, or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
