@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from speechtune.audio import decode
 
@@ -67,3 +68,36 @@ def test_audio_over_the_cap_is_refused_from_its_header(tmp_path):
     with pytest.raises(AudioError, match="600 s of audio"):
         decode(tmp_path / "8hz.wav", max_seconds=60)
     assert len(decode(tmp_path / "8hz.wav")) == 600 * 16000  # without a cap it decodes, as before
+
+
+def test_stream_blocks_join_to_exactly_the_whole_decode(tmp_path):
+    import soundfile as sf
+
+    from speechtune.audio import stream
+    rng = np.random.default_rng(0)
+    stereo = (0.1 * rng.standard_normal((44100 * 3 + 123, 2))).astype(np.float32)
+    sf.write(tmp_path / "n.flac", stereo, 44100)
+    for source in (tmp_path / "n.flac", (tmp_path / "n.flac").read_bytes()):
+        blocks = list(stream(source, "n.flac", block_s=0.5))
+        assert [len(b) for b in blocks[:-1]] == [8000] * (len(blocks) - 1) and 0 < len(blocks[-1]) <= 8000
+        whole = decode(source, "n.flac")
+        assert np.array_equal(np.concatenate(blocks), whole)  # resampled as a stream, bit for bit the same
+        assert abs(len(whole) - 3.0028 * 16000) < 2
+
+
+def test_pieces_cut_long_audio_at_its_quiet_points(tmp_path):
+    from speechtune.audio import pieces
+    sr = 16000
+    t = np.arange(10 * sr) / sr
+    wav = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    gaps = [(3.1, 3.3), (6.6, 6.8)]  # pauses between "words"
+    for a, b in gaps:
+        wav[int(a * sr):int(b * sr)] = 0.0
+    blocks = [wav[i:i + 7000] for i in range(0, len(wav), 7000)]
+    out = list(pieces(blocks, piece_s=4.0, search_s=1.5))
+    starts = [s for s, _ in out]
+    assert np.array_equal(np.concatenate([p for _, p in out]), wav)  # nothing lost, nothing repeated
+    assert all(len(p) <= 4 * sr for _, p in out)
+    assert len(out) == 3 and [a <= s <= b for s, (a, b) in zip(starts[1:], gaps)] == [True, True], starts
+    for s, p in out:  # each piece's start is where the ones before it end
+        assert s == pytest.approx(sum(len(q) for s2, q in out if s2 < s) / sr)

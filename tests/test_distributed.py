@@ -46,13 +46,12 @@ def run_bounded(cmd, env, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize("n_clips, batch, steps", [(6, 8, 2), (8, 2, 4)])
-def test_two_processes_train_to_the_end(tiny_whisper_dir, tmp_path, n_clips, batch, steps):
-    """Fewer clips than processes x batch size (the case that hung), and a set that fills both ranks."""
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _clips(data, n_clips: int):
     from speechtune.audio import write_wav
     from speechtune.synth import speak
-
-    data = tmp_path / "data"
     (data / "audio").mkdir(parents=True)
     rows = []
     words = ["one two three", "four five six", "seven eight", "nine ten", "eleven", "twelve", "thirteen", "go"]
@@ -61,16 +60,51 @@ def test_two_processes_train_to_the_end(tiny_whisper_dir, tmp_path, n_clips, bat
         rows.append({"audio": f"audio/{i}.wav", "text": text, "language": "en"})
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (data / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    return data
+
+
+def _torchrun(model, data, out, batch: int, *extra) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "speechtune.cli", "train", "--model", str(model), "--data", str(data), "--out",
+            str(out), "--mode", "full", "--batch-size", str(batch), "--epochs", "2", "--no-tensorboard", "--lr", "1e-3",
+            "--no-eval-safeguards", *extra]
+
+
+@pytest.mark.parametrize("n_clips, batch, steps", [(6, 8, 2), (8, 2, 4)])
+def test_two_processes_train_to_the_end(tiny_whisper_dir, tmp_path, n_clips, batch, steps):
+    """Fewer clips than processes x batch size (the case that hung), and a set that fills both ranks."""
+    data = _clips(tmp_path / "data", n_clips)
     out = tmp_path / "model"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "speechtune.cli", "train", "--model", str(tiny_whisper_dir), "--data", str(data), "--out",
-           str(out), "--mode", "full", "--batch-size", str(batch), "--epochs", "2", "--no-tensorboard", "--lr", "1e-3",
-           "--no-eval-safeguards"]
-    r = run_bounded(cmd, env, timeout=300)
+    r = run_bounded(_torchrun(tiny_whisper_dir, data, out, batch), ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "training_summary.json").read_text())
     # 6 clips at batch 8: one group, padded to one per rank -> 1 step an epoch; 8 at batch 2: 2 per rank
     assert summary["steps"] == steps and summary["processes"] == 2, summary
     assert (out / "model.safetensors").is_file()
     assert r.stderr.count("trained ") == 1  # the model folder and summary are written by one process
+
+
+def test_killed_under_the_launcher_and_rerun_it_resumes_to_the_same_weights(tiny_whisper_dir, tmp_path):
+    """kill -9 of torchrun's whole process group once a checkpoint is on disk, then the same command again:
+    it resumes and ends where an uninterrupted two-process run ends."""
+    import time
+
+    from safetensors.numpy import load_file
+    data = _clips(tmp_path / "data", 8)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert run_bounded(_torchrun(tiny_whisper_dir, data, whole, 2), ENV, timeout=300).returncode == 0
+    cmd = _torchrun(tiny_whisper_dir, data, resumed, 2, "--save-every", "1")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((resumed / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "model.safetensors").exists(), "the run ended before it could be killed"
+    r = run_bounded(cmd, ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout + r.stderr
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and max(float(abs(a[k] - b[k]).max()) for k in a) < 1e-6
+    assert json.loads((resumed / "training_summary.json").read_text())["processes"] == 2

@@ -314,3 +314,92 @@ def test_an_upload_longer_than_the_cap_gets_413_quickly(random_ct2, tmp_path):
         r = post(s.url, flac.read_bytes())
         assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long"
         assert "at most 600 s" in r.json()["error"]["message"] and time.perf_counter() - t < 5
+
+
+class Recorder:
+    """The real runtime, recording the length of every clip it is handed; its first call waits at a gate."""
+
+    def __init__(self, runtime):
+        self.runtime, self.open, self.entered, self.calls = runtime, threading.Event(), threading.Event(), []
+        self.name, self.path, self.multilingual = runtime.name, runtime.path, runtime.multilingual
+
+    def check_language(self, language):
+        self.runtime.check_language(language)
+
+    def _hold(self, kind, seconds):
+        self.calls.append((kind, seconds))
+        self.entered.set()
+        assert self.open.wait(60)
+
+    def transcribe_batch(self, wavs, *args):
+        self._hold("batch", [len(w) / 16000 for w in wavs])
+        return self.runtime.transcribe_batch(wavs, *args)
+
+    def transcribe(self, wav, *args):
+        self._hold("piece", len(wav) / 16000)
+        return self.runtime.transcribe(wav, *args)
+
+
+@pytest.fixture(scope="module")
+def talk():
+    """17 s of six sentences with pauses between them, as long recordings are."""
+    from speechtune.synth import speak
+    gap = np.zeros(int(0.6 * 16000), np.float32)
+    return np.concatenate([np.concatenate([speak(s), gap]) for s in (
+        "The quick brown fox jumps over the lazy dog.", "Please restart the server before noon.",
+        "She sells sea shells by the sea shore.", "We will meet at the station tomorrow morning.",
+        "Turn left at the second traffic light.", "The weather today is cold and windy.")])
+
+
+def _long_flac(talk, seconds: float) -> bytes:
+    return wav_bytes(np.tile(talk, int(seconds * 16000 / len(talk)) + 1)[:int(seconds * 16000)], fmt="FLAC")
+
+
+def test_a_long_upload_is_decoded_a_piece_at_a_time_with_short_requests_served_between(tiny_en_ct2, clip, talk):
+    """A 75 s upload reaches the model as pieces of at most 30 s cut in pauses (memory per request does
+    not grow with the audio), and a short request sent while the first piece decodes is answered before the
+    second piece."""
+    from speechtune.runtimes import load_runtime
+    from speechtune.runtimes.longform import PIECE_S
+    rec = Recorder(load_runtime(tiny_en_ct2))
+    with start_server(tiny_en_ct2, backend=rec) as s, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        long = pool.submit(post, s.url, _long_flac(talk, 75), "long.flac",
+                           {"model": "m", "response_format": "verbose_json"})
+        assert rec.entered.wait(60)  # the first piece is in the model
+        short = pool.submit(post, s.url, clip.read_bytes())
+        deadline = time.monotonic() + 30
+        while s.app.state.serve["worker"].depth() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rec.open.set()
+        assert "lazy dog" in short.result().json()["text"].lower()
+        r = long.result()
+    assert r.status_code == 200, r.text
+    pieces = [sec for kind, sec in rec.calls if kind == "piece"]
+    assert [kind for kind, _ in rec.calls] == ["piece", "batch", "piece", "piece"]  # the short one went between
+    assert all(p <= PIECE_S for p in pieces) and sum(pieces) == pytest.approx(75, abs=0.01)
+    body = r.json()
+    assert body["duration"] == pytest.approx(75, abs=0.01)
+    starts = [seg["start"] for seg in body["segments"]]
+    assert starts == sorted(starts) and starts[-1] > 65 and max(seg["end"] for seg in body["segments"]) <= 75
+    text = body["text"].lower()  # each sentence is said 4 or 5 times; the cut fell in a pause
+    assert min(text.count(w) for w in ("restart the server", "traffic light", "windy")) >= 4, text
+
+
+def test_a_request_whose_client_went_away_is_cancelled_and_frees_the_model(random_ct2, clip, talk):
+    from speechtune.runtimes import load_runtime
+    rec = Recorder(load_runtime(random_ct2))
+    with start_server(random_ct2, safeguards=False, backend=rec) as s:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            gone = pool.submit(httpx.post, s.url + URL, files={"file": ("long.flac", _long_flac(talk, 150))},
+                               data={"model": "m"}, timeout=2)
+            assert rec.entered.wait(60)
+            with pytest.raises(httpx.ReadTimeout):
+                gone.result()
+        deadline = time.monotonic() + 10
+        while not metric(httpx.get(s.url + "/metrics").text, "speechtune_cancelled_total") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rec.open.set()
+        assert metric(httpx.get(s.url + "/metrics").text, "speechtune_cancelled_total") == 1
+        assert post(s.url, clip.read_bytes()).status_code == 200  # the model is free again
+        assert [kind for kind, _ in rec.calls] == ["piece", "batch"]  # no piece decoded after the client left
+        assert s.app.state.serve["worker"].depth() == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -30,41 +31,48 @@ class AudioError(SpeechtuneError):
         self.source, self.reason, self.detail = source, reason, detail
 
 
-def _decode_soundfile(src) -> tuple[np.ndarray, int]:
+# stream()'s blocks, in seconds: large enough that the per-block overhead vanishes, small enough that a
+# block is a few MB (30 s at 16 kHz float32: 1.9 MB) whatever the file's length.
+BLOCK_S = 30.0
+# The native-rate frames read from a file at a time (soundfile) before resampling.
+READ_FRAMES = 1 << 16
+
+
+def _soundfile_reader(src):
+    """(sample rate, iterator of mono float32 chunks at that rate) through libsndfile."""
     import soundfile as sf
-    data, sr = sf.read(src, dtype="float32", always_2d=True)
-    return data.mean(axis=1), sr
+    f = sf.SoundFile(src)
+
+    def chunks():
+        with f:
+            while True:
+                data = f.read(READ_FRAMES, dtype="float32", always_2d=True)
+                if not len(data):
+                    return
+                yield data.mean(axis=1)
+    return f.samplerate, chunks()
 
 
-class TooLong(Exception):
-    """Raised inside a decoder once the audio passes `max_seconds`; decode() turns it into an AudioError."""
-
-    def __init__(self, seconds: float):
-        super().__init__(seconds)
-        self.seconds = seconds
-
-
-def _decode_av(src, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+def _av_reader(src):
+    """(sample rate, iterator of mono float32 chunks at that rate) through PyAV (FFmpeg)."""
     import av
-    with av.open(src) as container:
-        if not container.streams.audio:
-            raise ValueError("no audio stream")
-        stream = container.streams.audio[0]
-        sr = stream.codec_context.sample_rate or stream.rate
-        # The resampler only converts sample format and layout here; soxr does the rate change, better.
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-        chunks, n = [], 0
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-                n += chunks[-1].size
-            if max_seconds is not None and n > max_seconds * sr:  # stop decoding: no header said how long
-                raise TooLong(n / sr)
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    if not chunks:
-        return np.zeros(0, dtype=np.float32), sr
-    return np.concatenate(chunks).astype(np.float32), sr
+    container = av.open(src)
+    if not container.streams.audio:
+        container.close()
+        raise ValueError("no audio stream")
+    stream = container.streams.audio[0]
+    sr = stream.codec_context.sample_rate or stream.rate
+    # The resampler only converts sample format and layout here; soxr does the rate change, better.
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+
+    def chunks():
+        with container:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().reshape(-1)
+            for out in resampler.resample(None):
+                yield out.to_ndarray().reshape(-1)
+    return sr, chunks()
 
 
 def resample(wav: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
@@ -101,11 +109,33 @@ def _too_long(source: str, seconds: float, max_seconds: float) -> AudioError:
                       f"{seconds:.0f} s of audio; at most {max_seconds:g} s is accepted")
 
 
-def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_RATE,
-           max_seconds: float | None = None) -> np.ndarray:
-    """Decode a file path or in-memory bytes to mono float32 at `sr`. Raises AudioError. With `max_seconds`,
-    longer audio is refused (reason audio_too_long) from its header before any decoding, or as soon as
-    decoding passes the limit when no header says: a small upload can hold hours of silence."""
+def _library_message(e: Exception) -> str:
+    # In-memory inputs make the libraries print buffer addresses; drop them so reports are stable.
+    message = re.sub(r"<[^>]*0x[0-9a-f]+[^>]*>|0x[0-9a-f]+", "<buffer>", str(e).strip())
+    return message[:120] or e.__class__.__name__
+
+
+def _open(data, source: str):
+    """(rate, first chunk, rest) from the first library that reads the input's first chunk; soundfile first."""
+    errors = []
+    for name, reader in (("soundfile", _soundfile_reader), ("av", _av_reader)):
+        try:
+            sr, chunks = reader(io.BytesIO(data) if isinstance(data, bytes) else str(data))
+            first = next(chunks, np.zeros(0, np.float32))
+            return sr, first, chunks
+        except Exception as e:  # both libraries raise many types; we keep the message for the user
+            errors.append(f"{name}: {_library_message(e)}")
+    raise AudioError(source, "undecodable", "not a decodable audio file (" + "; ".join(errors) + ")")
+
+
+def stream(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_RATE,
+           max_seconds: float | None = None, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
+    """Decode a file path or in-memory bytes as it is read: mono float32 blocks at `sr` of `block_s` seconds
+    (the last one shorter), so memory does not grow with the audio's length. Raises AudioError: a missing or
+    empty input and, with `max_seconds`, a header saying it is longer, at once; an undecodable input at the
+    first block; audio that decodes to nothing, holds NaN/inf, or passes `max_seconds` (no header said how
+    long: a small upload can hold hours of silence) at the block where it shows. The blocks joined are
+    exactly what decoding the whole file and resampling it in one go gives (soxr's stream is exact)."""
     source = name or (str(data) if not isinstance(data, bytes) else "<upload>")
     if not isinstance(data, bytes):
         p = Path(data)
@@ -119,27 +149,84 @@ def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_R
         seconds = header_seconds(io.BytesIO(data) if isinstance(data, bytes) else str(data))
         if seconds is not None and seconds > max_seconds:
             raise _too_long(source, seconds, max_seconds)
-    errors = []
-    for decoder in (_decode_soundfile, _decode_av):
+    return _blocks(data, source, sr, max_seconds, block_s)
+
+
+def _blocks(data, source: str, sr: int, max_seconds: float | None, block_s: float) -> Iterator[np.ndarray]:
+    import soxr
+    file_sr, first, rest = _open(data, source)
+    resampler = None if file_sr == sr else soxr.ResampleStream(file_sr, sr, 1, dtype="float32", quality="HQ")
+    block = int(block_s * sr) if block_s != float("inf") else None
+    pending, read = [], 0
+
+    def native():
+        yield first
         try:
-            src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
-            wav, file_sr = decoder(src) if decoder is _decode_soundfile else decoder(src, max_seconds)
-            break
-        except TooLong as e:
-            raise _too_long(source, e.seconds, max_seconds) from None
-        except Exception as e:  # both libraries raise many types; we keep the message for the user
-            # In-memory inputs make the libraries print buffer addresses; drop them so reports are stable.
-            message = re.sub(r"<[^>]*0x[0-9a-f]+[^>]*>|0x[0-9a-f]+", "<buffer>", str(e).strip())
-            errors.append(f"{decoder.__name__[8:]}: {message[:120] or e.__class__.__name__}")
-    else:
-        raise AudioError(source, "undecodable", "not a decodable audio file (" + "; ".join(errors) + ")")
-    if wav.size == 0:
+            yield from rest
+        except Exception as e:  # a file that breaks part-way through is as undecodable as one that never opens
+            raise AudioError(source, "undecodable", f"decoding failed part-way: {_library_message(e)}") from None
+
+    def resampled():
+        nonlocal read
+        for chunk in native():
+            read += chunk.size
+            if max_seconds is not None and read > max_seconds * file_sr:
+                raise _too_long(source, read / file_sr, max_seconds)
+            if not np.isfinite(chunk).all():
+                raise AudioError(source, "non_finite", "audio contains NaN or infinite samples")
+            yield resampler.resample_chunk(chunk) if resampler else chunk
+        if resampler is not None:
+            yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+    n_pending = 0
+    for out in resampled():
+        pending.append(out.astype(np.float32, copy=False))
+        n_pending += out.size
+        while block and n_pending >= block:
+            joined = np.concatenate(pending)
+            yield joined[:block]
+            pending, n_pending = [joined[block:]], joined.size - block
+    if not read:
         raise AudioError(source, "empty_audio", "decoded to zero samples")
-    if not np.isfinite(wav).all():
-        raise AudioError(source, "non_finite", "audio contains NaN or infinite samples")
-    if max_seconds is not None and wav.size > max_seconds * file_sr:
-        raise _too_long(source, wav.size / file_sr, max_seconds)
-    return resample(wav, file_sr, sr)
+    if n_pending:
+        yield np.concatenate(pending)
+
+
+def decode(data: bytes | str | Path, name: str | None = None, sr: int = SAMPLE_RATE,
+           max_seconds: float | None = None) -> np.ndarray:
+    """Decode a file path or in-memory bytes to mono float32 at `sr`, whole: stream()'s blocks joined, with
+    its errors (AudioError) and its `max_seconds` rule."""
+    return np.concatenate(list(stream(data, name, sr, max_seconds, block_s=float("inf"))))
+
+
+# A cut between pieces (pieces()) is placed in the quietest window of this length near the piece's end.
+QUIET_WINDOW_S = 0.05
+
+
+def quiet_cut(wav: np.ndarray, search: int, window: int) -> int:
+    """The sample index to cut `wav` at: the middle of its lowest-energy `window` within the last `search`
+    samples (the end when it is shorter than a window), so a cut rarely falls inside a word."""
+    region = wav[max(0, wav.size - search):]
+    frames = region.size // window
+    if frames < 1:
+        return wav.size
+    energy = np.square(region[region.size - frames * window:].astype(np.float64)).reshape(frames, window).sum(1)
+    return wav.size - (frames - int(np.argmin(energy))) * window + window // 2
+
+
+def pieces(blocks, piece_s: float, search_s: float, sr: int = SAMPLE_RATE) -> Iterator[tuple[float, np.ndarray]]:
+    """(start in seconds, samples) pieces of at most `piece_s` from a stream of blocks (stream()), each cut
+    but the last at the quietest point of its final `search_s`: long audio in bounded pieces, in order."""
+    n, search, window = int(piece_s * sr), int(search_s * sr), int(QUIET_WINDOW_S * sr)
+    buf, offset = np.zeros(0, np.float32), 0
+    for block in blocks:
+        buf = np.concatenate([buf, block]) if buf.size else block
+        while buf.size > n:  # only past n is it known that this is not the last piece
+            cut = quiet_cut(buf[:n], search, window)
+            yield offset / sr, buf[:cut]
+            offset, buf = offset + cut, buf[cut:]
+    if buf.size:
+        yield offset / sr, buf
 
 
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -29,6 +29,10 @@ MAX_PROMPT_CHARS = 2000
 # AudioError reason -> (status, what to say): undecodable bytes are an unsupported media type.
 AUDIO_STATUS = {"empty_audio": 400, "non_finite": 400, "undecodable": 415, "missing_file": 400,
                 "audio_too_long": 413}
+# How often a waiting request checks that its client is still there (a gone client's job is cancelled).
+DISCONNECT_POLL_S = 0.5
+# The status logged for a request whose client closed the connection first (nginx's 499; never sent).
+CLIENT_CLOSED = 499
 
 
 class ApiError(Exception):
@@ -58,6 +62,8 @@ class Metrics:
         self.batch = Histogram("speechtune_batch_size", "jobs per batched model call",
                                buckets=(1, 2, 4, 8, 16, 32), registry=r)
         self.ready = Gauge("speechtune_ready", "1 once the model is loaded", registry=r)
+        self.cancelled = Counter("speechtune_cancelled", "transcriptions cancelled because the client went away",
+                                 registry=r)
 
 
 class BodyLimit:
@@ -148,7 +154,7 @@ def _load(cfg: ServeConfig, backend, state: dict, metrics: Metrics) -> None:
             b = backend or load_backend(cfg.model, cfg.backend, cfg.device, cfg.threads, cfg.workers)
             state["backend"] = b
             state["worker"] = Worker(b, cfg.max_queue, cfg.max_batch, on_batch=metrics.batch.observe,
-                                     threads=cfg.workers if b.name == "ct2" else 1)
+                                     threads=cfg.workers if b.name == "ct2" else 1, max_long=cfg.max_long_jobs)
             log.info("model ready: %s (%s backend)", b.path, b.name)
         state["ready"] = True
         metrics.ready.set(1)
@@ -175,13 +181,32 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def _validation(request, e):
         return error_response(400, f"invalid request: {e.errors()[:1]}", "invalid_request")
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        path = request.url.path
-        endpoint = path if path in ("/v1/audio/transcriptions", "/v1/audio/speech", "/health", "/metrics") else "other"
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
+
+
+class CountRequests:
+    """Every response counted by endpoint and status. Plain ASGI, not @app.middleware("http"): that wrapper
+    hides the client's disconnect from the handler, which then cannot cancel the job of a client gone."""
+    ENDPOINTS = ("/v1/audio/transcriptions", "/v1/audio/speech", "/health", "/metrics")
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def tracked(msg):
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+        try:
+            await self.app(scope, receive, tracked)
+        finally:
+            endpoint = scope["path"] if scope["path"] in self.ENDPOINTS else "other"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
 
 
 def _add_routes(app: FastAPI, cfg: ServeConfig, state: dict, metrics: Metrics) -> None:
@@ -280,8 +305,8 @@ def _params(form, backend) -> dict:
 
 
 async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: Metrics):
-    from ..audio import AudioError, decode
-    from .worker import Job, QueueFull
+    from ..audio import AudioError
+    from .worker import Job, QueueFull, open_audio
 
     _check_key(request, cfg)
     worker = state["worker"]
@@ -300,11 +325,12 @@ async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: 
     data = await upload.read()
     name = upload.filename or "upload"
     try:
-        wav = await run_in_threadpool(decode, data, name, max_seconds=cfg.max_audio_seconds)
+        wav, pieces = await run_in_threadpool(open_audio, data, name, cfg.max_audio_seconds)
     except AudioError as e:
-        raise ApiError(AUDIO_STATUS.get(e.reason, 400), f"{name}: {e.detail}", e.reason, "file") from None
+        raise _audio_error(name, e) from None
+    del data  # a long job's pieces hold the bytes they decode from; a short one needs them no more
     job = Job(wav, p["language"], p["prompt"], p["temperature"], timestamps=p["format"] in ("srt", "vtt", "verbose_json"),
-              safeguards=cfg.safeguards)
+              safeguards=cfg.safeguards, pieces=pieces)
     try:
         future = worker.submit(job)
     except QueueFull as e:
@@ -312,10 +338,37 @@ async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: 
                        headers={"Retry-After": str(cfg.retry_after_s)}) from None
     metrics.queue.set(worker.depth())
     try:
-        result = await asyncio.wrap_future(future)
+        result = await _result(future, request, job)
+    except ClientGone:
+        metrics.cancelled.inc()
+        log.info("client went away: job cancelled after %.1f s of audio", job.duration)
+        return Response(status_code=CLIENT_CLOSED), job.duration
+    except AudioError as e:  # a long upload that breaks, or runs past the cap, part-way through
+        raise _audio_error(name, e) from None
     except Exception as e:
         raise ApiError(500, f"transcription failed: {e.__class__.__name__}: {str(e)[:200]}", "model_error") from None
     return _render(result, p["format"], job.duration), job.duration
+
+
+class ClientGone(Exception):
+    pass
+
+
+def _audio_error(name: str, e) -> ApiError:
+    return ApiError(AUDIO_STATUS.get(e.reason, 400), f"{name}: {e.detail}", e.reason, "file")
+
+
+async def _result(future, request: Request, job):
+    """The job's result; when the client disconnects first, the job is cancelled (its slot freed, a long job
+    stopped at its next piece) and ClientGone raised."""
+    waiting = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            job.cancel()
+            raise ClientGone()
 
 
 def _render(result, fmt: str, duration: float):

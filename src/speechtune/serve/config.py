@@ -23,6 +23,8 @@ class ServeConfig:
     max_audio_seconds: float = option(1800.0, "longest audio a request may carry, in seconds (413 "
                                       "audio_too_long past it, told from the header where it has one)")
     max_queue: int = option(64, "requests waiting for the model before 503")
+    max_long_jobs: int = option(4, "recordings over 30 s admitted at once (queued or decoding, a piece at a time "
+                                "between short requests) before 503")
     max_batch: int = option(8, "most requests decoded in one batch", flag="--batch-size")
     retry_after_s: int = option(1, "Retry-After seconds sent with a 503 for a full queue")
     safeguards: bool = option(True, "decode-time safeguards (temperature fallback, compression-ratio, log-prob and "

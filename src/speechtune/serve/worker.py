@@ -13,23 +13,38 @@ Runtimes (speechtune.runtimes):
   Face folder and exported once to CT2 int8 in the cache. (The ONNX export decodes
   faster on CPU, but greedily only, without prompts or timestamps: it is not a serving runtime.)
 - hf: transformers `generate` (`--backend hf`), for when CT2 is not wanted.
+
+Long recordings (over 30 s) never sit in memory whole: the upload is decoded as it is transcribed, a piece of
+about 30 s at a time (runtimes.longform), and between two pieces the worker serves whatever short jobs
+are waiting, so a short request waits behind at most one piece, not behind an hour. At most
+`max_long_running` threads decode long pieces at once and at most `max_long` long jobs are admitted (more:
+503). A job whose client has gone is cancelled: a waiting one is skipped, a long one stops at its next piece.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import io
+import itertools
 import logging
 import queue
 import shutil
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, WINDOW_SAMPLES
+from ..audio import SAMPLE_RATE, WINDOW_SAMPLES, header_seconds, pieces, stream
 from ..errors import SpeechtuneError
 from ..files import cache_dir, hash_files, publish_dir, temp_dir_beside
 from ..runtimes import DecodingOptions, export_format, export_meta, load_runtime
+from ..runtimes.longform import CUT_SEARCH_S, PIECE_S, LongTranscript
+
+# Short batches served, while a long job waits, before the long job gets its next piece: short requests come
+# first, but a steady stream of them must not stall a long one for ever.
+SHORT_TURNS_PER_PIECE = 4
 
 log = logging.getLogger("speechtune.serve")
 
@@ -38,23 +53,59 @@ class QueueFull(Exception):
     pass
 
 
+class Cancelled(Exception):
+    """The job's client went away before it was done."""
+
+
+def open_audio(data: bytes, name: str, max_seconds: float | None) -> tuple[np.ndarray | None, Iterator | None]:
+    """(samples, None) for an upload of at most 30 s, decoded whole; (None, pieces) for a longer one, whose
+    pieces are decoded as they are taken. Raises AudioError for what cannot be served: undecodable, empty,
+    or longer than `max_seconds` -- told from the header, or, when the file has none, by decoding it once
+    (discarding the samples) before any model work."""
+    if max_seconds is not None and header_seconds(io.BytesIO(data)) is None:
+        for _ in stream(data, name, max_seconds=max_seconds):
+            pass
+    blocks = stream(data, name, max_seconds=max_seconds, block_s=WINDOW_SAMPLES / SAMPLE_RATE)
+    first = next(blocks)
+    second = next(blocks, None)
+    if second is None:
+        return first, None
+    return None, pieces(itertools.chain((first, second), blocks), PIECE_S, CUT_SEARCH_S)
+
+
 @dataclasses.dataclass
 class Job:
-    wav: np.ndarray
+    """One request: `wav` (whole) or `pieces` (a long recording, see open_audio), and how to decode it."""
+    wav: np.ndarray | None = None
     language: str | None = None
     prompt: str | None = None
     temperature: float = 0.0
     timestamps: bool = False
     safeguards: bool = True
+    pieces: Iterator | None = None
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    transcript: LongTranscript | None = None  # set by the worker for a long job
+
+    @property
+    def long(self) -> bool:
+        return self.pieces is not None
 
     @property
     def batchable(self) -> bool:
-        return len(self.wav) <= WINDOW_SAMPLES and not self.timestamps
+        return not self.long and len(self.wav) <= WINDOW_SAMPLES and not self.timestamps
 
     @property
     def duration(self) -> float:
+        """The audio's length (a long job's: what has been decoded of it so far)."""
+        if self.long:
+            return self.transcript.seconds if self.transcript else 0.0
         return len(self.wav) / SAMPLE_RATE
+
+    def cancel(self) -> None:
+        """Give up on this job: skipped if it has not started, stopped at the next piece if it is long."""
+        self.cancelled.set()
+        self.future.cancel()
 
     def options(self) -> DecodingOptions:
         return DecodingOptions(language=self.language, temperature=self.temperature, prompt=self.prompt,
@@ -113,13 +164,19 @@ def load_backend(spec, backend: str = "auto", device: str = "cpu", threads: int 
 
 
 class Worker:
-    """Thread(s) running the model (one per backend worker); a bounded queue in front of them."""
+    """Thread(s) running the model (one per backend worker); a bounded queue of short jobs and a bounded
+    line of long ones in front of them."""
 
-    def __init__(self, backend, max_queue: int = 64, max_batch: int = 8, on_batch=None, threads: int = 1):
+    def __init__(self, backend, max_queue: int = 64, max_batch: int = 8, on_batch=None, threads: int = 1,
+                 max_long: int = 4, max_long_running: int = 1):
         self.backend = backend
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.max_batch = max_batch
         self.on_batch = on_batch or (lambda n: None)
+        self.max_long, self.max_long_running = max_long, max_long_running
+        self._long: collections.deque[Job] = collections.deque()
+        self._long_running = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, name=f"speechtune-worker-{i}", daemon=True)
                          for i in range(threads)]
@@ -127,19 +184,29 @@ class Worker:
             t.start()
 
     def depth(self) -> int:
-        return self.queue.qsize()
+        return self.queue.qsize() + len(self._long) + self._long_running
 
     def submit(self, job: Job) -> concurrent.futures.Future:
         if self._stop.is_set():
             raise QueueFull("shutting down")
+        if job.long:
+            with self._lock:
+                if len(self._long) + self._long_running >= self.max_long:
+                    raise QueueFull(f"{self.max_long} long recordings already admitted")
+                job.transcript = LongTranscript(self.backend, job.pieces, job.options())
+                self._long.append(job)
+            return job.future
         try:
             self.queue.put_nowait(job)
         except queue.Full:
             raise QueueFull(f"queue full ({self.queue.maxsize} waiting)") from None
         return job.future
 
-    def _take(self) -> list[Job]:
-        jobs = [self.queue.get(timeout=0.2)]
+    def _take(self, block: bool) -> list[Job]:
+        try:
+            jobs = [self.queue.get(timeout=0.2) if block else self.queue.get_nowait()]
+        except queue.Empty:
+            return []
         while len(jobs) < self.max_batch:
             try:
                 jobs.append(self.queue.get_nowait())
@@ -147,19 +214,61 @@ class Worker:
                 break
         return jobs
 
+    def _long_waiting(self) -> bool:
+        return bool(self._long) and self._long_running < self.max_long_running
+
     def _run(self) -> None:
-        while not (self._stop.is_set() and self.queue.empty()):
-            try:
-                jobs = self._take()
-            except queue.Empty:
-                continue
-            live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-            groups: dict = {}
-            for j in live:
-                key = ("batch", j.temperature) if j.batchable else ("single", id(j))
-                groups.setdefault(key, []).append(j)
-            for key, group in groups.items():
-                self._process(group, batched=key[0] == "batch")
+        short_turns = 0
+        while not (self._stop.is_set() and self.queue.empty() and not self._long and not self._long_running):
+            jobs = self._take(block=not self._long_waiting())
+            if jobs:
+                self._run_short(jobs)
+                short_turns += 1
+                if short_turns < SHORT_TURNS_PER_PIECE or not self._long_waiting():
+                    continue
+            job = self._pop_long()
+            if job is not None:
+                short_turns = 0
+                self._step_long(job)
+
+    def _run_short(self, jobs: list[Job]) -> None:
+        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        groups: dict = {}
+        for j in live:
+            key = ("batch", j.temperature) if j.batchable else ("single", id(j))
+            groups.setdefault(key, []).append(j)
+        for key, group in groups.items():
+            self._process(group, batched=key[0] == "batch")
+
+    def _pop_long(self) -> Job | None:
+        with self._lock:
+            if not self._long or self._long_running >= self.max_long_running:
+                return None
+            self._long_running += 1
+            return self._long.popleft()
+
+    def _step_long(self, job: Job) -> None:
+        """One piece of a long job; it goes back to the head of the line while pieces remain."""
+        more = False
+        try:
+            if not job.future.running() and not job.future.set_running_or_notify_cancel():
+                return  # cancelled before its first piece
+            if job.cancelled.is_set():
+                job.future.set_exception(Cancelled())
+                return
+            more = job.transcript.step()
+            if not more:
+                job.future.set_result(job.transcript.result())
+        except Exception as e:  # an AudioError part-way through the file, or the model's: for this caller only
+            if not isinstance(e, SpeechtuneError):
+                log.exception("model failure")
+            job.future.set_exception(e)
+            more = False
+        finally:
+            with self._lock:
+                self._long_running -= 1
+                if more:
+                    self._long.appendleft(job)
 
     def _process(self, jobs: list[Job], batched: bool) -> None:
         try:
