@@ -133,7 +133,6 @@ def main() -> int:
         before = rss_mb(pid)
         reset_peak(pid)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            t = time.perf_counter()
             job = pool.submit(post, s.url, "long.flac", long_path.read_bytes())
             time.sleep(2)  # the long job is in the model
             busy = shorts(s.url, clip, args.short, until=job.done)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .audio import AudioError, decode
+from .audio import AudioError
 from .config import add_dataclass_args, build_config
 from .formats import FORMATS, format_result, print_result
 from .runtimes import SAFEGUARD_FIELDS, DecodingOptions, check_options, load_runtime
+from .runtimes.longform import open_recording, transcribe_pieces
 
 # the decoding options a user sets here; timestamps follow from --format, batching from the file count
 FLAGS = ("language", "task", "beam_size", "temperature", "prompt", *SAFEGUARD_FIELDS)
@@ -44,13 +45,13 @@ def main(args) -> int:
     check_options(runtime, options)
     failed = 0
     for path in args.audio:
-        try:
-            wav = decode(Path(path), name=path)
+        try:  # a long file is decoded as it is transcribed, in pieces: memory does not grow with its length
+            wav, pieces = open_recording(Path(path), path)
+            result = runtime.transcribe(wav, options) if pieces is None else transcribe_pieces(runtime, pieces, options)
         except AudioError as e:
             print(f"error: {e.source}: {e.detail}", file=sys.stderr)
             failed += 1
             continue
-        result = runtime.transcribe(wav, options)
         print_result(path, format_result(path, result, args.format), args.format, len(args.audio) > 1)
         sys.stdout.flush()
     return 1 if failed else 0

@@ -10,11 +10,15 @@ once per piece and does other work between pieces.
 from __future__ import annotations
 
 import dataclasses
+import io
+import itertools
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE
+from .. import audio
+from ..audio import SAMPLE_RATE, WINDOW_S
 from .base import DecodingOptions, Result, Segment, join_segments
 
 # Pieces are cut near this length: one Whisper window, which decodes in a few seconds on 2 CPU cores. A
@@ -68,6 +72,23 @@ class LongTranscript:
         language = next((r.language for *_, r in self._results if r.language), None)
         return Result(join_segments([r.text for *_, r in self._results]), language, round(self.seconds, 3),
                       segments)
+
+
+def open_recording(source: bytes | str | Path, name: str | None = None, max_seconds: float | None = None
+                   ) -> tuple[np.ndarray | None, Iterator | None]:
+    """(samples, None) for audio of at most 30 s, decoded whole; (None, pieces) for longer audio, whose pieces
+    are decoded as they are taken. Raises AudioError for what cannot be transcribed: undecodable, empty, or
+    longer than `max_seconds` -- told from the header, or, when the file has none, by decoding it once
+    (discarding the samples) before any model work."""
+    if max_seconds is not None and audio.header_seconds(io.BytesIO(source) if isinstance(source, bytes) else str(source)) is None:
+        for _ in audio.stream(source, name, max_seconds=max_seconds):
+            pass
+    blocks = audio.stream(source, name, max_seconds=max_seconds, block_s=WINDOW_S)
+    first = next(blocks)
+    second = next(blocks, None)
+    if second is None:
+        return first, None
+    return None, audio.pieces(itertools.chain((first, second), blocks), PIECE_S, CUT_SEARCH_S)
 
 
 def transcribe_pieces(runtime, pieces, options: DecodingOptions) -> Result:

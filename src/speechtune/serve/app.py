@@ -306,7 +306,8 @@ def _params(form, backend) -> dict:
 
 async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: Metrics):
     from ..audio import AudioError
-    from .worker import Job, QueueFull, open_audio
+    from ..runtimes.longform import open_recording
+    from .worker import Job, QueueFull
 
     _check_key(request, cfg)
     worker = state["worker"]
@@ -325,7 +326,7 @@ async def _transcribe(request: Request, cfg: ServeConfig, state: dict, metrics: 
     data = await upload.read()
     name = upload.filename or "upload"
     try:
-        wav, pieces = await run_in_threadpool(open_audio, data, name, cfg.max_audio_seconds)
+        wav, pieces = await run_in_threadpool(open_recording, data, name, cfg.max_audio_seconds)
     except AudioError as e:
         raise _audio_error(name, e) from None
     del data  # a long job's pieces hold the bytes they decode from; a short one needs them no more

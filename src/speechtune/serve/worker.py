@@ -25,8 +25,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import io
-import itertools
 import logging
 import queue
 import shutil
@@ -36,11 +34,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, WINDOW_SAMPLES, header_seconds, pieces, stream
+from ..audio import SAMPLE_RATE, WINDOW_SAMPLES
 from ..errors import SpeechtuneError
 from ..files import cache_dir, hash_files, publish_dir, temp_dir_beside
 from ..runtimes import DecodingOptions, export_format, export_meta, load_runtime
-from ..runtimes.longform import CUT_SEARCH_S, PIECE_S, LongTranscript
+from ..runtimes.longform import LongTranscript
 
 # Short batches served, while a long job waits, before the long job gets its next piece: short requests come
 # first, but a steady stream of them must not stall a long one for ever.
@@ -57,25 +55,10 @@ class Cancelled(Exception):
     """The job's client went away before it was done."""
 
 
-def open_audio(data: bytes, name: str, max_seconds: float | None) -> tuple[np.ndarray | None, Iterator | None]:
-    """(samples, None) for an upload of at most 30 s, decoded whole; (None, pieces) for a longer one, whose
-    pieces are decoded as they are taken. Raises AudioError for what cannot be served: undecodable, empty,
-    or longer than `max_seconds` -- told from the header, or, when the file has none, by decoding it once
-    (discarding the samples) before any model work."""
-    if max_seconds is not None and header_seconds(io.BytesIO(data)) is None:
-        for _ in stream(data, name, max_seconds=max_seconds):
-            pass
-    blocks = stream(data, name, max_seconds=max_seconds, block_s=WINDOW_SAMPLES / SAMPLE_RATE)
-    first = next(blocks)
-    second = next(blocks, None)
-    if second is None:
-        return first, None
-    return None, pieces(itertools.chain((first, second), blocks), PIECE_S, CUT_SEARCH_S)
-
-
 @dataclasses.dataclass
 class Job:
-    """One request: `wav` (whole) or `pieces` (a long recording, see open_audio), and how to decode it."""
+    """One request: `wav` (whole) or `pieces` (a long recording, see runtimes.longform.open_recording), and
+    how to decode it."""
     wav: np.ndarray | None = None
     language: str | None = None
     prompt: str | None = None
