@@ -11,7 +11,8 @@ import pytest
 
 from speechtune.audio import write_wav
 from speechtune.cli import main
-from speechtune.compare import compare, paired
+from speechtune.compare import compare, hallucination_failure, no_speech_block, no_speech_note, paired
+from speechtune.data.nospeech import no_speech_clips
 from speechtune.evaluate import evaluate
 from speechtune.report.html import render
 from speechtune.runtimes import DecodingOptions
@@ -37,9 +38,10 @@ def manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def self_compare(tiny_whisper_dir, manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
+    # one temperature: the random model fails every check, and six decodings of each of the 17 clips (the
+    # non-speech set's 13 among them) are minutes on a busy CPU
     result = compare(tiny_whisper_dir, tiny_whisper_dir, manifest, guard=manifest, out=out,
-                     options=DecodingOptions(batch_size=2),
-                     progress=False)
+                     options=DecodingOptions(batch_size=8, temperature_increment_on_fallback=0), progress=False)
     return result, out
 
 
@@ -75,6 +77,57 @@ def test_compare_writes_every_file_with_contract_keys(self_compare):
     assert "no significant change" in page
 
 
+def test_compare_runs_the_no_speech_check_and_term_recall_by_default(self_compare):
+    r, out = self_compare
+    m = json.loads((out / "metrics.json").read_text())
+    ns = m["no_speech"]
+    assert ns["clips"] == 13 and ns["reversed_from"] == r["guard"]["data"]  # 11 + the guard's 2, reversed
+    assert ns["base"] == ns["tuned"] and set(ns["base"]) == {"clips", "clips_with_text", "words"}
+    assert ns["flagged"] is False and ns["new_clips_with_text"] == 0
+    rows = [json.loads(x) for x in (out / "no_speech_predictions.jsonl").read_text().splitlines()]
+    assert [x["name"] for x in rows][:2] == ["digital_silence", "digital_silence_0.05s"]
+    assert rows[0]["base"] == {"text": "", "words": 0} == rows[1]["tuned"]  # never decoded (safeguards)
+    assert rows[-1]["kind"] == "reversed" and {"name", "kind", "base", "tuned"} <= set(rows[-1])
+    # the random model writes words elsewhere: the counts add up
+    assert ns["base"]["words"] == sum(x["base"]["words"] for x in rows)
+    t = m["terms"]
+    assert t["chosen"] == "base_never_wrote" and "wrote in none of its test-set hypotheses" in t["rule"]
+    assert t["delta"] in (0.0, None) and all(p["base_recall"] in (0.0, None) for p in t["per_term"])
+    page = (out / "report.html").read_text()
+    assert "No speech: 13 clips" in page and "digital_silence_0.05s" in page and "Term recall" in page
+
+
+def test_the_verdict_names_new_text_on_non_speech_clips():
+    clips = no_speech_clips()[:4]
+    block, rows = no_speech_block(clips, ["", "", "you", ""], ["", "you", "Thank you.", "字幕"], "g.jsonl")
+    assert block["base"] == {"clips": 4, "clips_with_text": 1, "words": 1}
+    assert block["tuned"] == {"clips": 4, "clips_with_text": 3, "words": 5}
+    assert block["flagged"] and block["new_clips_with_text"] == 2
+    assert rows[3] == {"name": clips[3].name, "kind": "noise", "seconds": 5.0, "base": {"text": "", "words": 0},
+                       "tuned": {"text": "字幕", "words": 2}}
+    assert no_speech_note(block) == ", but tuned writes text on 3 of 4 non-speech clips (base 1)"
+    assert no_speech_note(block, after=True).startswith(", and tuned writes text on 3 of 4")
+    same, _ = no_speech_block(clips, ["you"] * 4, ["you"] * 4, "g.jsonl")
+    assert no_speech_note(same) == "" and not same["flagged"]
+    # what --fail-on-hallucination exits 1 on
+    assert hallucination_failure({"new_loops": 0, "guard": None, "no_speech": same}) is None
+    assert hallucination_failure({"new_loops": 0, "guard": {"new_loops": 1}, "no_speech": block}) == \
+        "the tuned model loops on 1 more clip(s) and writes text on 2 more non-speech clip(s) than the base"
+    assert hallucination_failure({"new_loops": 0, "guard": None, "no_speech": None}) is None
+    page = render(_tiny_metrics() | {"no_speech": block}, [], None, rows)
+    # flagged rows (tuned writes where the base did not) come first
+    at = [page.index(c.name) for c in clips[1:]]
+    assert at[0] < at[1] and at[2] < at[1]
+    assert page.count('<tr class="flag">') == 2
+
+
+def _tiny_metrics() -> dict:
+    rows = [{"audio": "a.wav", "text": "turn the lights off", "line": 1, "language": "en"}]
+    run = {"hyps": ["turn the lights off"], "processing_s": 1.0, "audio_s": 2.0, "model": "m"}
+    m, _ = paired(rows, run, run, ["en"], None, 1000, 0)
+    return m | {"data": "t.jsonl", "guard": None}
+
+
 def test_evaluate_writes_predictions_and_metrics(tiny_whisper_dir, manifest, tmp_path):
     m = evaluate(str(tiny_whisper_dir), manifest, out=tmp_path, options=DecodingOptions(batch_size=2),
                  progress=False)
@@ -89,12 +142,27 @@ def test_evaluate_writes_predictions_and_metrics(tiny_whisper_dir, manifest, tmp
 
 
 def test_cli_compare_prints_verdict_line(tiny_whisper_dir, manifest, tmp_path, capsys):
+    terms = tmp_path / "terms.txt"
+    terms.write_text("# the domain\nkubelet\nthree replicas\n", encoding="utf-8")
     rc = main(["compare", "--base", str(tiny_whisper_dir), "--tuned", str(tiny_whisper_dir), "--data",
-               str(manifest), "--out", str(tmp_path), "--batch-size", "2"])
+               str(manifest), "--out", str(tmp_path), "--batch-size", "2", "--skip-no-speech",
+               "--terms", str(terms), "--temperature-increment-on-fallback", "0"])
     out = capsys.readouterr().out.splitlines()
     assert rc == 0
     assert out[0].startswith("no significant change: WER ") and "p=1.00" in out[0]
-    assert (tmp_path / "report.html").is_file()
+    assert out[1].startswith(f"term recall (2 terms, from {terms}; 2 occurrences): ")
+    assert (tmp_path / "report.html").is_file() and not (tmp_path / "no_speech_predictions.jsonl").exists()
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["no_speech"] is None and m["terms"]["chosen"] == "file" and m["terms"]["file"] == str(terms)
+    assert [t["term"] for t in m["terms"]["per_term"]] == ["kubelet", "three replicas"]
+    assert [t["occurrences"] for t in m["terms"]["per_term"]] == [1, 1]  # "three" normalised to "3" both sides
+
+
+def test_cli_a_bad_terms_file_is_one_line_before_any_model_loads(manifest, tmp_path, capsys):
+    rc = main(["compare", "--base", "no-such-model", "--tuned", "no-such-model", "--data", str(manifest),
+               "--out", str(tmp_path), "--terms", str(tmp_path / "missing.txt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: terms file not found: {tmp_path / 'missing.txt'}")
 
 
 def test_cli_bad_manifest_line_is_one_line_error(tiny_whisper_dir, manifest, tmp_path, capsys):
@@ -132,6 +200,23 @@ def test_report_renders_in_headless_chromium(self_compare, tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert img.shape == (1400, 1280)
     assert img.std() > 10  # text, tables and plots, not an empty page
+
+
+@pytest.mark.e2e
+def test_fail_on_hallucination_exits_1_when_tuned_writes_on_non_speech(tiny_whisper_dir, manifest, tmp_path, capsys):
+    """Real tiny.en (CTranslate2, the faster runtime here) as the base, the random model (which writes on
+    anything) as the tuned one."""
+    from speechtune.models.registry import bundled_ct2
+    rc = main(["compare", "--base", str(bundled_ct2("tiny.en")), "--tuned", str(tiny_whisper_dir), "--data",
+               str(manifest), "--out", str(tmp_path), "--batch-size", "8", "--temperature-increment-on-fallback", "0",
+               "--fail-on-hallucination"])
+    captured = capsys.readouterr()
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    ns = m["no_speech"]
+    assert ns["tuned"]["clips_with_text"] > ns["base"]["clips_with_text"] and ns["flagged"]
+    assert f"tuned writes text on {ns['tuned']['clips_with_text']} of 13 non-speech clips " \
+           f"(base {ns['base']['clips_with_text']})" in captured.out.splitlines()[0]
+    assert rc == 1 and "more non-speech clip(s)" in captured.err
 
 
 @pytest.mark.e2e

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from speechtune.errors import SpeechtuneError
-from speechtune.runtimes import DecodingOptions, check_options, load_runtime
-from speechtune.runtimes.safeguards import Attempt, compression_ratio, decode_with_fallback
+from speechtune.runtimes import DecodingOptions, Result, check_options, load_runtime
+from speechtune.runtimes.safeguards import (MIN_SPEECH_S, SILENCE_PEAK, Attempt, compression_ratio,
+                                            decode_with_fallback, inaudible, skip_inaudible)
 
 # what the fine-tuned model of issue 18 said of a 3 s clip, and a phrase loop
 DIGITS_LOOP = "Restart n.14.14.13" + ".14" * 218 + "."
@@ -131,20 +132,64 @@ def test_real_tiny_en_gives_no_text_for_noise_without_speech(tiny_en):
     assert r.text == "" and r.segments == []
 
 
-def test_real_tiny_en_on_digital_silence_says_at_most_one_word(tiny_en):
-    """Features as transformers computes them (audio padded to 30 s) make tiny.en say a confident "you"
-    (avg_logprob -0.38), which openai-whisper's rule keeps (docs/evaluation.md); never a loop."""
-    (r,) = tiny_en.transcribe_batch([np.zeros(24000, np.float32)], DecodingOptions())
-    assert len(r.text.split()) <= 1 and not r.segments[0].fallback_failed
+def test_inaudible_clips_get_no_text_and_never_reach_the_model():
+    """safeguards.skip_inaudible, which every runtime's transcribe_batch goes through: digital silence, a
+    clip under SILENCE_PEAK and one under MIN_SPEECH_S are left out of the batch; the rest keep their order,
+    language and prompt."""
+    calls = []
+
+    def batch(wavs, options, languages, prompts):
+        calls.append(([len(w) for w in wavs], languages, prompts))
+        return [Result(f"clip of {len(w)}", lang, len(w) / 16000) for w, lang in zip(wavs, languages)]
+
+    quiet = np.full(16000, 0.9 * SILENCE_PEAK, np.float32)
+    faint = np.full(16000, 1.1 * SILENCE_PEAK, np.float32)
+    short = np.full(int(MIN_SPEECH_S * 16000) - 1, 0.5, np.float32)
+    wavs = [np.zeros(24000, np.float32), faint, quiet, short, np.zeros(0, np.float32), np.full(1600, 0.5, np.float32)]
+    got = skip_inaudible(batch, wavs, DecodingOptions(), ["de", "fr", "de", "de", "de", "it"], None, True)
+    assert [r.text for r in got] == ["", "clip of 16000", "", "", "", "clip of 1600"]
+    assert calls == [([16000, 1600], ["fr", "it"], [None, None])]
+    assert got[0].language == "de" and got[0].duration == 1.5 and got[0].segments == []
+    assert skip_inaudible(batch, wavs[:1], DecodingOptions(), None, None, False)[0].language == "en"
+    assert len(calls) == 1  # nothing audible: the model is not called
+    assert [inaudible(w, DecodingOptions(safeguards=False)) for w in wavs] == [False] * 6
 
 
-def test_ct2_long_form_honours_the_options_on_digital_silence():
+@pytest.fixture(scope="module")
+def speech():
+    from speechtune.synth import speak
+    return speak("Please schedule the meeting for tomorrow morning.")
+
+
+def test_real_tiny_en_writes_nothing_on_digital_silence_and_slivers(tiny_en):
+    """Digital silence made tiny.en say a confident "you" (avg_logprob -0.38, which the no-speech rule
+    keeps), and so did a 0.01 s clip: with safeguards neither is decoded."""
+    silence, sliver = np.zeros(24000, np.float32), np.zeros(160, np.float32)
+    off = tiny_en.transcribe_batch([silence, sliver], DecodingOptions(safeguards=False))
+    assert [r.text.lower().strip(" .") for r in off] == ["you", "you"]
+    for r in tiny_en.transcribe_batch([silence, sliver], DecodingOptions()):
+        assert r.text == "" and r.segments == []
+    # long-form and timestamped decoding too (the whole file's peak is checked first)
+    long_silence = np.zeros(16000 * 40, np.float32)
+    assert tiny_en.transcribe(long_silence, DecodingOptions(timestamps=True)).text == ""
+
+
+def test_real_tiny_en_still_decodes_quiet_speech(tiny_en, speech):
+    """Speech at a -40 dBFS peak, 40 dB above SILENCE_PEAK: decoded, word for word as at full level."""
+    from speechtune.metrics.normalize import normalize
+    quiet = (speech * (0.01 / np.abs(speech).max())).astype(np.float32)
+    loud, soft = tiny_en.transcribe_batch([speech, quiet], DecodingOptions())
+    assert "schedule the meeting" in normalize(loud.text, "en")
+    assert normalize(soft.text, "en") == normalize(loud.text, "en")
+
+
+def test_ct2_long_form_honours_the_options_on_hiss():
     """faster-whisper's own windows (openai-whisper's padding of the features) get the same thresholds."""
     from speechtune.models.registry import bundled_ct2
     runtime = load_runtime(bundled_ct2("tiny.en"))
-    silence = np.zeros(24000, np.float32)
-    assert runtime.transcribe(silence, DecodingOptions(timestamps=True)).text == ""
-    assert runtime.transcribe(silence, DecodingOptions(timestamps=True, safeguards=False)).text != ""
+    hiss = (0.1 * np.random.default_rng(0).standard_normal(24000)).astype(np.float32)
+    assert runtime.transcribe(hiss, DecodingOptions(timestamps=True)).text == ""
+    assert runtime.transcribe(hiss, DecodingOptions(timestamps=True, safeguards=False)).text != ""
 
 
 def test_onnx_sampling_draws_from_the_softmax_and_scores_at_temperature_1():

@@ -40,10 +40,12 @@ def prepared(tmp_path_factory) -> Path:
 
 def _cfg(model_dir, data, out, **kw):
     from speechtune.train.recipe import TrainConfig
-    # a random model fails every safeguard check: its evaluations decode once, not at six temperatures
+    # a random model fails every safeguard check: its evaluations decode once, not at six temperatures; and it
+    # writes up to the token cap on each of the 13 non-speech clips (30-75 s an evaluation on a shared 2-core
+    # machine): the no-speech set is decoded in tests/test_no_speech_train.py, by the real tiny.en
     base = dict(model=str(model_dir), data=str(data), out=str(out), batch_size=4, max_steps=6, lr=1e-3,
                 warmup_ratio=0.0, eval_every=3, eval_batch_size=2, tensorboard=False, log_every=1,
-                eval_safeguards=False)
+                eval_safeguards=False, eval_no_speech=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -175,6 +177,34 @@ def test_resume_gives_the_same_weights(tiny_whisper_dir, prepared, tmp_path, mon
     steps = [json.loads(l)["step"] for l in (out / "train_log.jsonl").read_text().splitlines()
              if json.loads(l)["event"] == "train"]
     assert steps == [1, 2, 3, 4, 4, 5, 6]  # step 4 ran, was lost with the kill, and ran again from step 3
+
+
+def test_no_speech_ratio_adds_silent_clips_and_resume_stays_exact(tiny_whisper_dir, prepared, tmp_path, monkeypatch):
+    from speechtune.audio import load_audio
+    from speechtune.train.recipe import train
+    from tests.conftest import Killed, kill_at
+
+    # 4 non-speech clips join the 8 (12 clips: 3 batches of 4 an epoch, so steps 4-6 are a second epoch); their
+    # WAVs are written again on resume, byte for byte
+    kw = dict(mode="full", max_steps=6, eval_every=3, batch_size=4, no_speech_ratio=0.5)
+    ref = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "ref", **kw), progress=False)
+    kill_at(monkeypatch, 4)
+    with pytest.raises(Killed):
+        train(_cfg(tiny_whisper_dir, prepared, tmp_path / "run", **kw), progress=False)
+    monkeypatch.undo()
+    with pytest.raises(SpeechtuneError, match="different options.*no_speech_ratio"):
+        train(_cfg(tiny_whisper_dir, prepared, tmp_path / "run", **dict(kw, no_speech_ratio=0.25)), progress=False)
+    out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "run", resume=True, **kw), progress=False)
+    a, b = _weights(ref), _weights(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    files = sorted((out / "no_speech").iterdir())
+    assert [p.name for p in files] == sorted(p.name for p in (ref / "no_speech").iterdir()) and len(files) == 4
+    assert all(p.read_bytes() == (ref / "no_speech" / p.name).read_bytes() for p in files)
+    assert all(np.abs(load_audio(p)).max() > 0 for p in files)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["clips"] == {"train": 8, "mixed": 0, "no_speech": 4} and summary["no_speech_ratio"] == 0.5
+    assert summary["config"]["no_speech_ratio"] == 0.5
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
@@ -405,7 +435,7 @@ def test_mix_adds_general_clips_and_refuses_guard_overlap(tiny_whisper_dir, prep
     out = train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o", max_steps=0, epochs=1, eval_every=3,
                      mix=str(prepared / "valid.jsonl"), mix_ratio=0.25))
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["clips"] == {"train": 8, "mixed": 2}
+    assert summary["clips"] == {"train": 8, "mixed": 2, "no_speech": 0}
     assert summary["steps"] == 3  # one epoch of 10 clips in batches of 4; the 8 domain clips alone take 2
     with pytest.raises(SpeechtuneError, match="share 2 clip"):
         train(_cfg(tiny_whisper_dir, prepared, tmp_path / "o2", mix=str(prepared / "valid.jsonl"),

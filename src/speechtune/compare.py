@@ -4,7 +4,16 @@ Both models decode the same clips with the same settings. The verdict line reads
 `improved: WER 60.3% -> 0.4% (-59.9 pt, 95% CI -64.0 .. -55.1, p<0.001)`. With --guard, the same
 comparison runs on a general-speech set and is flagged when the tuned model is worse there by more than
 --guard-threshold points (fine-tuning on a narrow domain can make a model forget general speech).
-Writes DIR/metrics.json, predictions.jsonl (+ guard_predictions.jsonl), report.html and comparison.png.
+
+Two more checks run on the same decodings' settings. The no-speech check (on by default) decodes the
+built-in non-speech set (data/nospeech.py, with reversed speech from the guard, else the test set) with
+both models and counts the words each writes there: every one is made up. Term recall (metrics/terms.py)
+asks whether the tuned model writes the domain's terms: those of --terms FILE, else the reference words the
+base model never wrote. The verdict line says when the tuned model loops on more clips, or writes text on
+more non-speech clips, than the base; --fail-on-hallucination then exits 1.
+
+Writes DIR/metrics.json, predictions.jsonl (+ guard_predictions.jsonl, no_speech_predictions.jsonl),
+report.html and comparison.png.
 """
 from __future__ import annotations
 
@@ -12,12 +21,18 @@ import gc
 import sys
 from pathlib import Path
 
+from collections import Counter
+
+from .audio import SAMPLE_RATE
+from .data.nospeech import MAX_REVERSED, NoSpeechClip, no_speech_clips
 from .errors import SpeechtuneError
 from .evaluate import add_decoding_arguments, decoding_options, decoding_record
-from .evaluation import load_rows, model_name, score_language, score_rows, speed, transcribe_rows
+from .evaluation import load_clip, load_rows, model_name, score_language, score_rows, speed, transcribe_rows
 from .files import write_atomic, write_json, write_jsonl
+from .metrics import terms as term_recall
 from .metrics.bootstrap import paired_bootstrap, verdict, verdict_line
-from .runtimes import DecodingOptions, check_options, runtime_for, warm_up
+from .metrics.hallucination import no_speech_summary, written_words
+from .runtimes import DecodingOptions, check_options, runtime_for, transcribe_many, warm_up
 
 CLIP_KEYS = ("hyp", "hyp_norm", "errors", "sub", "del", "ins", "error_rate", "loop", "empty", "too_long",
              "raw_loop", "compression_ratio", "chars_per_s", "repeated")
@@ -35,7 +50,14 @@ def add_arguments(p) -> None:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000; at least 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--fail-on-hallucination", action="store_true",
-                   help="exit 1 when the tuned model loops on more clips than the base (test set or guard)")
+                   help="exit 1 when the tuned model loops on more clips than the base (test set or guard), or "
+                   "writes text on more of the non-speech clips")
+    p.add_argument("--no-speech-check", dest="no_speech", action="store_true", default=True,
+                   help="decode the built-in non-speech set with both models and count the words written "
+                   "(the default)")
+    p.add_argument("--skip-no-speech", dest="no_speech", action="store_false", help="do not run that check")
+    p.add_argument("--terms", help="UTF-8 file of domain terms, one a line (# comments): their recall, base vs "
+                   "tuned (default: the reference words the base model never wrote)")
 
 
 def paired(rows: list[dict], base_run: dict, tuned_run: dict, languages: list, metric: str | None,
@@ -78,15 +100,21 @@ def loop_note(base_loops: int, tuned_loops: int) -> str:
 
 def compare(base, tuned, data, guard=None, guard_threshold: float = 1.0, out: str | Path | None = None,
             options: DecodingOptions | None = None, metric: str | None = None, n_resamples: int = 2000,
-            seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
-    """Compare two models (specs or loaded bundles) on a manifest. Returns the metrics.json dict plus
-    `per_clip` and `guard_per_clip` (paired per-clip rows); writes the report files under `out` when given."""
+            seed: int = 0, device: str | None = None, progress: bool = True, no_speech: bool = True,
+            terms: str | Path | list[str] | None = None) -> dict:
+    """Compare two models (specs or loaded bundles) on a manifest. `no_speech`: run the no-speech check;
+    `terms`: a terms file or a list of terms (None: the words the base never wrote). Returns the metrics.json
+    dict plus `per_clip`, `guard_per_clip` (paired per-clip rows) and `no_speech_per_clip`; writes the report
+    files under `out` when given."""
     if n_resamples < 1000:
         raise SpeechtuneError(f"--resamples {n_resamples} is too few for a 95% interval", "use 1000 or more")
     options = options or DecodingOptions()
     language = options.language
     rows, where = load_rows(data)
     guard_rows, guard_where = load_rows(guard) if guard else (None, None)
+    term_list = term_recall.read_terms(terms) if isinstance(terms, (str, Path)) else terms
+    silent = no_speech_set(guard_rows or rows, guard_where or where) if no_speech else None
+    silent_language = language or most_common_language(rows)
     runs, multilingual = {}, []
     # One model in memory at a time: base fully, then tuned, each on the test set and the guard set.
     for side, spec in (("base", base), ("tuned", tuned)):
@@ -100,13 +128,26 @@ def compare(base, tuned, data, guard=None, guard_threshold: float = 1.0, out: st
         for r in runs[side].values():
             if r:
                 r["model"] = model_name(spec, runtime)
+        if silent:
+            runs[side]["no_speech"] = transcribe_many(runtime, [c.wav for c in silent], options,
+                                                      [silent_language] * len(silent))
         del runtime
         gc.collect()
     ml = any(multilingual)
-    result, clips = paired(rows, runs["base"]["test"], runs["tuned"]["test"],
-                           score_language(rows, language, ml), metric, n_resamples, seed)
+    languages = score_language(rows, language, ml)
+    result, clips = paired(rows, runs["base"]["test"], runs["tuned"]["test"], languages, metric, n_resamples, seed)
     result = {"data": where, **result, "guard": None,
               "decoding": decoding_record(options)}
+    result["terms"] = terms_block(term_list, terms, rows, runs["base"]["test"]["hyps"],
+                                  runs["tuned"]["test"]["hyps"], languages, n_resamples, seed)
+    silent_clips = None
+    if silent:
+        result["no_speech"], silent_clips = no_speech_block(silent, runs["base"]["no_speech"],
+                                                            runs["tuned"]["no_speech"],
+                                                            guard_where if guard_rows else where)
+        result["verdict_line"] += no_speech_note(result["no_speech"], after=bool(result["new_loops"]))
+    else:
+        result["no_speech"] = None
     guard_clips = None
     if guard_rows:
         g, guard_clips = paired(guard_rows, runs["base"]["guard"], runs["tuned"]["guard"],
@@ -115,11 +156,62 @@ def compare(base, tuned, data, guard=None, guard_threshold: float = 1.0, out: st
         result["guard"] = {"data": guard_where, **g, "threshold": guard_threshold,
                            "flagged": 100 * g["delta"] > guard_threshold}
     if out is not None:
-        write_report(Path(out), result, clips, guard_clips)
-    return result | {"per_clip": clips, "guard_per_clip": guard_clips}
+        write_report(Path(out), result, clips, guard_clips, silent_clips)
+    return result | {"per_clip": clips, "guard_per_clip": guard_clips, "no_speech_per_clip": silent_clips}
 
 
-def write_report(out: Path, result: dict, clips: list[dict], guard_clips: list[dict] | None) -> None:
+def most_common_language(rows: list[dict]) -> str | None:
+    """The language most of the test set's lines give (None when none does): the one the non-speech set is
+    decoded in, so a multilingual model is not left to detect a language in noise."""
+    common = Counter(r.get("language") for r in rows if r.get("language")).most_common(1)
+    return common[0][0] if common else None
+
+
+def no_speech_set(rows: list[dict], where: str) -> list[NoSpeechClip]:
+    """The built-in non-speech clips, with the first MAX_REVERSED clips of `rows` reversed among them."""
+    return no_speech_clips(speech=[load_clip(r, where) for r in rows[:MAX_REVERSED]])
+
+
+def no_speech_block(clips: list[NoSpeechClip], base_texts: list[str], tuned_texts: list[str],
+                    reversed_from: str) -> tuple[dict, list[dict]]:
+    """metrics.json's `no_speech` (each side's no_speech_summary; `flagged` when the tuned model writes text
+    on more clips than the base) and the per-clip rows of no_speech_predictions.jsonl."""
+    block = {"clips": len(clips), "reversed_from": reversed_from, "base": no_speech_summary(base_texts),
+             "tuned": no_speech_summary(tuned_texts)}
+    block["new_clips_with_text"] = max(0, block["tuned"]["clips_with_text"] - block["base"]["clips_with_text"])
+    block["flagged"] = block["new_clips_with_text"] > 0
+    rows = [{"name": c.name, "kind": c.kind, "seconds": round(len(c.wav) / SAMPLE_RATE, 3),
+             "base": {"text": b, "words": written_words(b)}, "tuned": {"text": t, "words": written_words(t)}}
+            for c, b, t in zip(clips, base_texts, tuned_texts)]
+    return block, rows
+
+
+def no_speech_note(block: dict, after: bool = False) -> str:
+    """What the verdict line adds when the tuned model writes text on more non-speech clips than the base
+    (`after`: another note, the loop note, comes before it)."""
+    if not block["flagged"]:
+        return ""
+    return (f"{', and' if after else ', but'} tuned writes text on {block['tuned']['clips_with_text']} of "
+            f"{block['clips']} non-speech clips (base {block['base']['clips_with_text']})")
+
+
+def terms_block(term_list: list[str] | None, source, rows: list[dict], base_hyps: list[str],
+                tuned_hyps: list[str], languages: list[str | None], n_resamples: int, seed: int) -> dict:
+    """metrics.json's `terms`: term_recall.compare_terms over the test set, and how the terms were chosen."""
+    refs = [r["text"] for r in rows]
+    if term_list is None:
+        term_list = term_recall.unknown_terms(refs, base_hyps, languages)
+        chosen = {"chosen": "base_never_wrote",
+                  "rule": f"reference words of {term_recall.MIN_TERM_CHARS}+ characters (characters, in languages "
+                          "scored per character) that the base model wrote in none of its test-set hypotheses"}
+    else:
+        chosen = {"chosen": "file" if isinstance(source, (str, Path)) else "list",
+                  "file": str(source) if isinstance(source, (str, Path)) else None}
+    return chosen | term_recall.compare_terms(term_list, refs, base_hyps, tuned_hyps, languages, n_resamples, seed)
+
+
+def write_report(out: Path, result: dict, clips: list[dict], guard_clips: list[dict] | None,
+                 silent_clips: list[dict] | None = None) -> None:
     from .report import html, plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -127,8 +219,31 @@ def write_report(out: Path, result: dict, clips: list[dict], guard_clips: list[d
     write_jsonl(out / "predictions.jsonl", clips)
     if guard_clips is not None:
         write_jsonl(out / "guard_predictions.jsonl", guard_clips)
+    if silent_clips is not None:
+        write_jsonl(out / "no_speech_predictions.jsonl", silent_clips)
     write_atomic(out / "comparison.png", plots.comparison_png(result, clips))
-    write_atomic(out / "report.html", html.render(result, clips, guard_clips))
+    write_atomic(out / "report.html", html.render(result, clips, guard_clips, silent_clips))
+
+
+def no_speech_line(result: dict) -> str | None:
+    ns = result.get("no_speech")
+    if not ns:
+        return None
+    b, t = ns["base"], ns["tuned"]
+    return (f"no speech ({ns['clips']} clips): base writes text on {b['clips_with_text']} ({b['words']} words), "
+            f"tuned on {t['clips_with_text']} ({t['words']} words)" + (" -> FLAGGED" if ns["flagged"] else ""))
+
+
+def terms_line(result: dict) -> str | None:
+    t = result.get("terms")
+    if not t or t["base"]["recall"] is None:
+        return None
+    how = f"from {t['file']}" if t.get("file") else "the base model never wrote" if t["chosen"] == "base_never_wrote" \
+        else "given"
+    ci = (f" ({100 * t['delta']:+.1f} pt, 95% CI {100 * t['ci95'][0]:+.1f} .. {100 * t['ci95'][1]:+.1f})"
+          if t["ci95"] else "")
+    return (f"term recall ({t['terms']} terms, {how}; {t['occurrences']} occurrences): "
+            f"{100 * t['base']['recall']:.1f}% -> {100 * t['tuned']['recall']:.1f}%{ci}")
 
 
 def guard_line(result: dict) -> str | None:
@@ -140,17 +255,27 @@ def guard_line(result: dict) -> str | None:
     return f"guard {g['data']}: {g['verdict_line']} -> {state}"
 
 
+def hallucination_failure(result: dict) -> str | None:
+    """Why --fail-on-hallucination fails a comparison (None: it passes): the tuned model loops on more
+    clips than the base (test set and guard together), or writes text on more non-speech clips."""
+    new_loops = result["new_loops"] + ((result.get("guard") or {}).get("new_loops") or 0)
+    new_text = (result.get("no_speech") or {}).get("new_clips_with_text") or 0
+    why = [f"loops on {new_loops} more clip(s)"] * bool(new_loops) + \
+          [f"writes text on {new_text} more non-speech clip(s)"] * bool(new_text)
+    return f"the tuned model {' and '.join(why)} than the base" if why else None
+
+
 def main(args) -> int:
     r = compare(args.base, args.tuned, args.data, guard=args.guard, guard_threshold=args.guard_threshold,
                 out=args.out, options=decoding_options(args), metric=args.metric, n_resamples=args.resamples,
-                seed=args.seed, device=args.device)
+                seed=args.seed, device=args.device, no_speech=args.no_speech, terms=args.terms)
     print(r["verdict_line"])
-    if guard_line(r):
-        print(guard_line(r))
+    for line in (guard_line(r), no_speech_line(r), terms_line(r)):
+        if line:
+            print(line)
     print(f"report: {Path(args.out) / 'report.html'} (metrics.json, comparison.png, predictions.jsonl beside it)")
-    new_loops = r["new_loops"] + ((r.get("guard") or {}).get("new_loops") or 0)
-    if args.fail_on_hallucination and new_loops:
-        print(f"failing: the tuned model loops on {new_loops} more clip(s) than the base (--fail-on-hallucination)",
-              file=sys.stderr)
+    failure = hallucination_failure(r)
+    if args.fail_on_hallucination and failure:
+        print(f"failing: {failure} (--fail-on-hallucination)", file=sys.stderr)
         return 1
     return 0

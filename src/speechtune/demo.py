@@ -93,6 +93,7 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
         "baseline": base["error_rate"], "base": result["base"]["error_rate"],
         "tuned": result["tuned"]["error_rate"], "ci95": result["ci95"], "p_value": result["p_value"],
         "verdict": result["verdict"], "verdict_line": result["verdict_line"], "guard": result.get("guard"),
+        **judged(result),
         "export": {"quantization": summary["quantization"], "size_mb": summary["size_mb"],
                    "pytorch": summary["parity"]["pytorch"]["error_rate"],
                    "exported": summary["parity"]["exported"]["error_rate"]},
@@ -104,6 +105,17 @@ def run_demo(lang: str = "en", out: str | Path = "demo_out", size: str = "full",
     write_json(out / "demo_summary.json", json.loads(json.dumps(report, default=str)))
     _print_summary(console, report)
     return report
+
+
+def judged(result: dict) -> dict:
+    """What the summary says of compare's hallucination checks: loops on the test (and guard) set, the
+    no-speech check and term recall, base vs tuned."""
+    sets = {"test": result} | ({"guard": result["guard"]} if result.get("guard") else {})
+    loops = {name: {side: s[side]["hallucination"]["loops"] for side in ("base", "tuned")} for name, s in sets.items()}
+    t = result.get("terms")
+    terms = None if not t else ({k: t.get(k) for k in ("chosen", "terms", "occurrences", "delta", "ci95", "p_value")}
+                                | {"base": t["base"]["recall"], "tuned": t["tuned"]["recall"]})
+    return {"hallucination": {"loops": loops}, "no_speech": result.get("no_speech"), "terms": terms}
 
 
 def _synth_step(steps: Steps, lang: str, out: Path, size: dict, seed: int) -> tuple[Path, Path]:
@@ -153,15 +165,18 @@ def _train_step(steps: Steps, spec: str, lang: str, out: Path, guard: Path, size
 
 def _compare_step(steps: Steps, spec: str, model_dir: Path, test: Path, guard: Path, out: Path) -> dict:
     """Step 5: compare base and fine-tuned on the test and guard sets; returns compare()'s result."""
-    from .compare import compare
+    from .compare import compare, no_speech_line, terms_line
 
-    steps.start(5, "compare base vs fine-tuned (with the general-speech guard)")
+    steps.start(5, "compare base vs fine-tuned (with the general-speech guard, the no-speech check, term recall)")
     result = compare(spec, model_dir, test, guard=guard, out=out / "report", progress=True)
     steps.console.print(f"[bold]{result['verdict_line']}")
     if result.get("guard"):
         g = result["guard"]
         steps.console.print(f"guard: {g['metric'].upper()} {100 * g['base']['error_rate']:.1f}% -> "
                             f"{100 * g['tuned']['error_rate']:.1f}%" + ("  [red]FLAGGED" if g["flagged"] else "  ok"))
+    for line in (no_speech_line(result), terms_line(result)):
+        if line:
+            steps.console.print(line, markup=False)
     steps.done()
     return result
 
@@ -227,6 +242,20 @@ def _print_summary(console, r: dict) -> None:
         t.add_row(f"guard {g['metric'].upper()}", f"{100 * g['base']['error_rate']:.1f}% -> "
                                                   f"{100 * g['tuned']['error_rate']:.1f}%"
                                                   + (" (worse beyond threshold)" if g["flagged"] else ""))
+    loops = r["hallucination"]["loops"]
+    t.add_row("looping clips", ", ".join(f"{name} {v['base']} -> {v['tuned']}" for name, v in loops.items()))
+    if r["no_speech"]:
+        ns = r["no_speech"]
+        t.add_row("no speech", f"text on {ns['base']['clips_with_text']} -> {ns['tuned']['clips_with_text']} of "
+                               f"{ns['clips']} non-speech clips ({ns['base']['words']} -> {ns['tuned']['words']} "
+                               "words)" + (" (more than the base)" if ns["flagged"] else ""))
+    if r["terms"] and r["terms"]["base"] is not None:
+        tr = r["terms"]
+        ci = (f" (95% CI of the change {100 * tr['ci95'][0]:+.1f} .. {100 * tr['ci95'][1]:+.1f} pt)"
+              if tr["ci95"] else "")
+        which = " the base never wrote" if tr["chosen"] == "base_never_wrote" else ""
+        t.add_row("term recall", f"{100 * tr['base']:.1f}% -> {100 * tr['tuned']:.1f}% over {tr['terms']} terms"
+                                 f"{which}{ci}")
     for step, secs in r["step_seconds"].items():
         t.add_row(f"time: {step}", f"{secs:.0f} s")
     t.add_row("total", f"{r['total_seconds']:.0f} s")

@@ -6,11 +6,15 @@ Each clip gets flags on the normalised units scoring used (words, or characters 
 the raw hypothesis as the model wrote it (`raw_flags`): a normaliser can fold `Restart n.14.14.13.14...`
 (673 characters) into a couple of tokens, which the word flags then miss. Totals are counts of flagged
 clips plus the corpus insertion rate.
+
+On clips that hold no speech (data/nospeech.py) any word is made up: `no_speech_summary` counts them.
 """
 from __future__ import annotations
 
 import re
 import zlib
+
+from .normalize import guess_language
 
 MAX_N = 8           # longest looping phrase looked for, in units
 MIN_REPEATS = 3     # a phrase of 2+ units said 3 times in a row is a loop ...
@@ -20,6 +24,8 @@ COMPRESSION_RATIO = 2.4  # gzip ratio above which a text is mostly repetition: o
 MIN_COMPRESSIBLE_CHARS = 40  # shorter texts compress badly whatever they say
 MAX_CHARS_PER_S = 30.0  # no speech runs faster (English is about 15 characters a second, Mandarin 5); loops do
 MIN_FAST_CHARS = 20  # a short clip with a few words is not "fast"
+# scripts written without spaces between words, where each character counts as one word written
+CHARACTER_SCRIPTS = frozenset({"zh", "ja", "ko"})
 # a unit of 2-5 characters repeated 5 times back to back, or one of 6-60 repeated 3 times
 _REPEAT = re.compile(r"(.{2,5}?)\1{4,}|(.{6,60}?)\2{2,}", re.DOTALL)
 
@@ -105,3 +111,21 @@ def summarize(flags: list[dict], insertions: int, units: int) -> dict:
         "insertion_rate": insertions / units if units else float(insertions),
         "clips": len(flags),
     }
+
+
+def written_words(text: str) -> int:
+    """Words in a hypothesis as written: whitespace-separated pieces holding a letter or digit (" ." is not
+    a word), each Han, kana or Hangul character counted as one (those scripts run words together)."""
+    n = 0
+    for piece in text.split():
+        letters = [c for c in piece if c.isalnum()]
+        if letters:
+            n += len(letters) if guess_language(piece) in CHARACTER_SCRIPTS else 1
+    return n
+
+
+def no_speech_summary(texts: list[str]) -> dict:
+    """What a model wrote on clips that hold no speech, one text per clip: `clips`, `clips_with_text` (at
+    least one word) and `words` (written_words, summed). Every word there is a hallucination."""
+    counts = [written_words(t) for t in texts]
+    return {"clips": len(counts), "clips_with_text": sum(1 for c in counts if c), "words": sum(counts)}

@@ -1,7 +1,9 @@
 """report.html: one self-contained page (CSS inline, plots as base64 PNGs) that a reviewer can open offline.
 
-Top to bottom: the verdict, the forgetting guard, a table of every figure, the plots, and a per-clip diff
-of base and tuned against the reference (normalised text, as scored), clips that got worse first.
+Top to bottom: the verdict, the forgetting guard, a table of every figure, the plots, the no-speech check
+(what each model wrote on clips without speech, clips the tuned model newly writes on first), term recall
+per term, and a per-clip diff of base and tuned against the reference (normalised text, as scored), clips
+that got worse first.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from ..metrics.score import alignment, chars, words
 from . import plots
 
 MAX_ROWS = 300  # a page with 10,000 diff rows is unusable; the full list is in predictions.jsonl
+MAX_NS_CHARS = 200  # of a text written on a non-speech clip: a loop's first words say what it is
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0;background:#f5f6f8}
@@ -42,6 +45,9 @@ table.figs-t{max-width:860px}
 .d{background:#f7d0d5;text-decoration:line-through;border-radius:3px;padding:0 2px;color:#8a1c2b}
 .legend span{margin-right:12px}.pos{color:#d6453d}.neg{color:#2e9d57}
 details summary{cursor:pointer;margin:8px 0}
+table.ns td,table.ns th{text-align:left}table.ns td.num,table.ns th.num{text-align:right}
+table.ns tr.flag td{background:#fdecea}
+table.ns tr.flag td:first-child{border-left:4px solid #d6453d}
 """
 
 
@@ -155,8 +161,69 @@ def _guard_box(m: dict) -> str:
             f'{html.escape(g["verdict_line"])}</div>')
 
 
-def render(m: dict, clips: list[dict], guard_clips: list[dict] | None = None) -> str:
-    """The page for a compare metrics dict and its paired per-clip rows (see speechtune.compare)."""
+def _ns_flagged(c: dict) -> bool:
+    """The tuned model writes words on a non-speech clip where the base wrote none."""
+    return c["tuned"]["words"] > 0 and c["base"]["words"] == 0
+
+
+def order_no_speech(rows: list[dict]) -> list[dict]:
+    """Non-speech clips the tuned model newly writes on first, then by words the tuned model wrote, then by
+    the base's; ties keep the set's order."""
+    return sorted(rows, key=lambda c: (not _ns_flagged(c), -c["tuned"]["words"], -c["base"]["words"]))
+
+
+def _no_speech_section(m: dict, rows: list[dict] | None) -> str:
+    ns = m.get("no_speech")
+    if not ns or rows is None:
+        return ""
+    b, t = ns["base"], ns["tuned"]
+    head = (f'<p class="sub">Built-in clips that hold no speech (silence, noise, hum, tones, music, clicks, '
+            f'speech reversed from {html.escape(str(ns["reversed_from"]))}): any word is made up. Base writes text '
+            f'on {b["clips_with_text"]} of {ns["clips"]} ({b["words"]} words), tuned on {t["clips_with_text"]} '
+            f'({t["words"]} words).</p>')
+    body = []
+    for c in order_no_speech(rows):
+        cells = [html.escape(c["name"]), html.escape(c["kind"])]
+        for side in ("base", "tuned"):
+            text = c[side]["text"]
+            more = f' <span class="sub">... ({len(text)} characters)</span>' if len(text) > MAX_NS_CHARS else ""
+            cells.append(html.escape(text[:MAX_NS_CHARS]) + more if text else '<span class="sub">(no text)</span>')
+        body.append(f'<tr class="{"flag" if _ns_flagged(c) else ""}"><td>{cells[0]}</td><td>{cells[1]}</td>'
+                    f'<td>{cells[2]}</td><td class="num">{c["base"]["words"]}</td><td>{cells[3]}</td>'
+                    f'<td class="num">{c["tuned"]["words"]}</td></tr>')
+    return (f"<h2>No speech: {ns['clips']} clips{' (FLAGGED)' if ns['flagged'] else ''}</h2>{head}"
+            '<table class="ns"><thead><tr><th>clip</th><th>kind</th><th>base wrote</th><th class="num">words</th>'
+            f'<th>tuned wrote</th><th class="num">words</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _terms_section(m: dict) -> str:
+    t = m.get("terms")
+    if not t:
+        return ""
+    how = (f"from {html.escape(t['file'])}" if t.get("file") else html.escape(t["rule"]) if t.get("rule")
+           else "as given")
+    if t["base"]["recall"] is None:
+        return f'<h2>Term recall</h2><p class="sub">{t["terms"]} terms ({how}): none occurs in the references.</p>'
+    ci = (f"{_pt(t['delta'])} (95% CI {_pt(t['ci95'][0])} .. {_pt(t['ci95'][1])}, "
+          f"{format_p(t['p_value'], t.get('n_resamples'))})" if t.get("ci95") else "")
+    rows = sorted(t["per_term"], key=lambda r: (-r["occurrences"], r["term"]))
+    body = "".join(f"<tr><td>{html.escape(r['term'])}</td><td>{r['occurrences']}</td>"
+                   f"<td>{_pct(r['base_recall'])}</td><td>{_pct(r['tuned_recall'])}</td></tr>"
+                   for r in rows[:MAX_ROWS] if r["occurrences"])
+    unseen = sum(1 for r in rows if not r["occurrences"])
+    note = f'<p class="sub">{unseen} of the terms do not occur in the references.</p>' if unseen else ""
+    return (f"<h2>Term recall: {_pct(t['base']['recall'])} &rarr; {_pct(t['tuned']['recall'])}</h2>"
+            f'<p class="sub">{t["terms"]} terms ({how}), {t["occurrences"]} occurrences in the references; a '
+            f"term counts where the normalised hypothesis writes it (at most as often as the reference)."
+            f"{f' Tuned - base: {ci}.' if ci else ''}</p>"
+            '<table class="figs-t"><thead><tr><th>term</th><th>occurrences</th><th>base recall</th>'
+            f"<th>tuned recall</th></tr></thead><tbody>{body}</tbody></table>{note}")
+
+
+def render(m: dict, clips: list[dict], guard_clips: list[dict] | None = None,
+           no_speech_clips: list[dict] | None = None) -> str:
+    """The page for a compare metrics dict, its paired per-clip rows and the no-speech check's rows (see
+    speechtune.compare)."""
     cls = {"improved": "improved", "worse": "worse"}.get(m["verdict"], "same")
     figs = [
         _img(plots.png(plots.draw_rates, m), "error rates with 95% CI"),
@@ -176,6 +243,7 @@ def render(m: dict, clips: list[dict], guard_clips: list[dict] | None = None) ->
     if m.get("guard"):
         parts += [f'<h2>Guard set: {html.escape(m["guard"]["data"])}</h2>', _figures_table(m["guard"], m["guard"]["metric"])]
     parts += ['<h2>Plots</h2><div class="figs">' + "".join(figs) + "</div>",
+              _no_speech_section(m, no_speech_clips), _terms_section(m),
               f"<h2>Per clip ({len(clips)}), clips that got worse first</h2>", _diff_table(clips, m["metric"])]
     if guard_clips:
         parts.append(f"<details><summary><b>Guard set per clip ({len(guard_clips)})</b></summary>"

@@ -20,6 +20,7 @@ loop that evaluate, compare, export's parity check and train's evaluations all d
 Every runtime decodes with the decode-time safeguards of openai-whisper and faster-whisper (temperature
 fallback, compression-ratio and log-probability checks, the no-speech rule), on by default with their
 defaults; the logic is written once, in safeguards.py, and `--no-safeguards` restores a single decoding.
+With them, a clip too quiet or too short to hold speech gets empty text without being decoded.
 """
 from __future__ import annotations
 
@@ -70,8 +71,9 @@ class DecodingOptions:
     no_speech_threshold: float | None = option(
         0.6, "empty text when the no-speech probability is above this and the average log-probability below "
         "--logprob-threshold (1: never)")
-    safeguards: bool = option(True, "the fallback and checks above; --no-safeguards: one decoding at "
-                              "--temperature, its text as it comes")
+    safeguards: bool = option(True, "the fallback and checks above, and no text for a clip too quiet or too "
+                              "short to hold speech; --no-safeguards: one decoding at --temperature, its text "
+                              "as it comes")
     prompt: str | None = option(None, "text that biases the decoder (names, terms), as OpenAI's prompt")
     timestamps: bool = option(False, "segments with real cue times (long-form decoding)")
     batch_size: int = option(8, "clips per decoding batch")
@@ -197,5 +199,7 @@ def transcribe_many(runtime, wavs: list[np.ndarray], options: DecodingOptions,
 
 
 def warm_up(runtime, options: DecodingOptions) -> None:
-    """One untimed call: first-call setup (allocations, thread pools, a CUDA context) is not per-clip cost."""
-    runtime.transcribe_batch([np.zeros(SAMPLE_RATE, dtype=np.float32)], options.replace(language=None))
+    """One untimed call: first-call setup (allocations, thread pools, a CUDA context) is not per-clip cost.
+    Without safeguards: with them, one second of digital silence would not reach the model at all."""
+    runtime.transcribe_batch([np.zeros(SAMPLE_RATE, dtype=np.float32)],
+                             options.replace(language=None, safeguards=False))

@@ -18,7 +18,8 @@ from ..audio import SAMPLE_RATE
 from ..errors import SpeechtuneError
 from .base import (DecodingOptions, Result, Segment, check_language, decode_language, join_segments,
                    max_new_tokens, seconds)
-from .safeguards import SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, needs_fallback, result_of
+from .safeguards import (SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, empty_result, inaudible,
+                         needs_fallback, result_of, skip_inaudible)
 # What an export's speechtune_export.json may say, and what runs on a CPU instead: CTranslate2 has no fast
 # fp16 on CPU.
 CPU_COMPUTE = {"float16": "float32", "int8_float16": "int8_float32", "bfloat16": "float32",
@@ -80,7 +81,12 @@ class CT2Runtime:
                          languages: list[str | None] | None = None,
                          prompts: list[str | None] | None = None) -> list[Result]:
         """Greedy (or sampled) texts of clips <= 30 s in one batch; each clip may carry its own prompt and
-        language (None: detected for multilingual models)."""
+        language (None: detected for multilingual models). Inaudible clips are not decoded
+        (safeguards.skip_inaudible)."""
+        return skip_inaudible(self._transcribe_audible, wavs, options, languages, prompts, self.multilingual)
+
+    def _transcribe_audible(self, wavs: list[np.ndarray], options: DecodingOptions,
+                            languages: list[str | None], prompts: list[str | None]) -> list[Result]:
         import ctranslate2
 
         n = len(wavs)
@@ -131,6 +137,8 @@ class CT2Runtime:
         """Any length: faster-whisper's sequential windows, with segment times and its own fallback."""
         import ctranslate2
 
+        if inaudible(wav, options):
+            return empty_result(wav, options.language if self.multilingual else "en")
         on = options.safeguards
         if on:
             ctranslate2.set_random_seed(SAMPLING_SEED)  # before the segments are decoded, as they are iterated

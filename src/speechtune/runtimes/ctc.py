@@ -16,6 +16,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 from .base import DecodingOptions, Result, Segment, check_options, join_segments
+from .safeguards import empty_result, inaudible, skip_inaudible
 
 CHUNK_S = 20.0   # audio per forward pass for long files: attention cost grows with its square
 STRIDE_S = 3.0   # context on each side of a chunk whose frames are decoded by the neighbouring chunk
@@ -62,6 +63,11 @@ class CTCRuntime:
         return out
 
     def transcribe_batch(self, wavs, options: DecodingOptions, languages=None, prompts=None) -> list[Result]:
+        """Texts of the clips. Inaudible ones get no text and no forward pass, by the Whisper runtimes' rule
+        (safeguards.skip_inaudible; off with --no-safeguards)."""
+        return skip_inaudible(self._transcribe_audible, list(wavs), options, languages, prompts, True)
+
+    def _transcribe_audible(self, wavs, options: DecodingOptions, languages, prompts) -> list[Result]:
         results = []
         for w, (ids, frame_s) in zip(wavs, self.frame_ids(list(wavs))):
             results.append(self._result(ids, np.arange(len(ids)) * frame_s, frame_s, len(w) / SAMPLE_RATE,
@@ -72,6 +78,8 @@ class CTCRuntime:
         """Any length: chunks of CHUNK_S with STRIDE_S of context on each side; each frame is taken from the
         chunk where it lies in the middle part."""
         check_options(self, options)
+        if inaudible(wav, options):
+            return empty_result(wav, options.language)
         chunk, stride = int(CHUNK_S * SAMPLE_RATE), int(STRIDE_S * SAMPLE_RATE)
         if len(wav) <= chunk:
             return self.transcribe_batch([wav], options)[0]

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, WINDOW_S
 from .base import DecodingOptions, Result, Segment, check_language, join_segments, max_new_tokens, seconds
-from .safeguards import SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, no_speech_token, result_of
+from .safeguards import (SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, empty_result, inaudible,
+                         no_speech_token, result_of, skip_inaudible)
 
 # mel frames in one 30 s window: long-form decoding needs at least one full window
 WINDOW_FRAMES = 3000
@@ -152,7 +153,12 @@ class HFRuntime:
                          languages: list[str | None] | None = None,
                          prompts: list[str | None] | None = None) -> list[Result]:
         """Clips of at most 30 s (longer ones are cut to the first window: use `transcribe`). generate takes
-        one language and one prompt per call, so clips are grouped by both."""
+        one language and one prompt per call, so clips are grouped by both. Inaudible clips are not decoded
+        (safeguards.skip_inaudible)."""
+        return skip_inaudible(self._transcribe_audible, wavs, options, languages, prompts, self.multilingual)
+
+    def _transcribe_audible(self, wavs: list[np.ndarray], options: DecodingOptions,
+                            languages: list[str | None], prompts: list[str | None]) -> list[Result]:
         languages = languages or [options.language] * len(wavs)
         prompts = prompts or [options.prompt] * len(wavs)
         results: list[Result | None] = [None] * len(wavs)
@@ -234,6 +240,8 @@ class HFRuntime:
     def transcribe(self, wav: np.ndarray, options: DecodingOptions) -> Result:
         """Any length. With `options.timestamps` (or past 30 s) segments carry real cue times."""
         duration = seconds(wav)
+        if inaudible(wav, options):
+            return empty_result(wav, options.language if self.multilingual else "en")
         if duration <= WINDOW_S and not options.timestamps:
             return self.transcribe_batch([wav], options)[0]
         features, mask = self._features([wav], long_form=True)

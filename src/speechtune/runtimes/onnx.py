@@ -32,7 +32,8 @@ import numpy as np
 from ..audio import SAMPLE_RATE, WINDOW_SAMPLES
 from ..errors import SpeechtuneError
 from .base import DecodingOptions, Result, check_language, decode_language, join_segments, max_new_tokens, seconds
-from .safeguards import SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, no_speech_token, result_of
+from .safeguards import (SAMPLING_SEED, Attempt, average_logprob, decode_with_fallback, empty_result, inaudible,
+                         no_speech_token, result_of, skip_inaudible)
 
 
 class OnnxRuntime:
@@ -159,7 +160,11 @@ class OnnxRuntime:
     def transcribe_batch(self, wavs: list[np.ndarray], options: DecodingOptions,
                          languages: list[str | None] | None = None, prompts=None) -> list[Result]:
         """Texts of clips <= 30 s, through the safeguards (`prompts` are not supported: check_options refuses
-        them first)."""
+        them first). Inaudible clips are not decoded (safeguards.skip_inaudible)."""
+        return skip_inaudible(self._transcribe_audible, wavs, options, languages, prompts, self.multilingual)
+
+    def _transcribe_audible(self, wavs: list[np.ndarray], options: DecodingOptions,
+                            languages: list[str | None], prompts=None) -> list[Result]:
         budget = max_new_tokens(max(seconds(w) for w in wavs))
         hidden = self.encode(wavs)
         langs = [decode_language(self, x) for x in (languages or [options.language] * len(wavs))]
@@ -186,6 +191,8 @@ class OnnxRuntime:
 
     def transcribe(self, wav: np.ndarray, options: DecodingOptions) -> Result:
         """Any length, in consecutive 30 s windows (no timestamp-guided seeking: words at a cut may split)."""
+        if inaudible(wav, options):
+            return empty_result(wav, options.language if self.multilingual else "en")
         parts = [wav[i:i + WINDOW_SAMPLES] for i in range(0, len(wav), WINDOW_SAMPLES)]
         results = self.transcribe_batch(parts, options)
         language = results[0].language if results else options.language

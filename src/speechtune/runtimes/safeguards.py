@@ -18,6 +18,12 @@ token): a back end that does not get it with each decoding passes `no_speech(ind
 for the clips the rule could apply to (a first attempt under the log-probability threshold), so clean clips
 cost nothing for it. A threshold that is None, or a statistic the back end does not compute (None), never
 triggers its check; without `options.safeguards` one decoding is made and its text returned as it came.
+
+Before any of that, `skip_inaudible` keeps clips that cannot hold speech away from the model: a peak under
+SILENCE_PEAK (digital silence) or a length under MIN_SPEECH_S (a sliver) gives empty text undecoded. Whisper
+writes a confident "you" on both (tiny.en: avg_logprob -0.38 on digital silence, so the no-speech rule,
+which wants a doubtful decoding, keeps it). Every Whisper runtime's `transcribe_batch` and `transcribe` pass
+through it, and the CTC runtime's too.
 """
 from __future__ import annotations
 
@@ -26,12 +32,22 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .base import DecodingOptions, Result, Segment
+import numpy as np
+
+from ..audio import SAMPLE_RATE
+from .base import DecodingOptions, Result, Segment, seconds
 
 # Fallback samples come from a generator seeded with this at every decoding call, so the same clips decode
 # to the same texts every time (evaluate, compare and export's parity check stay reproducible). torch's and
 # numpy's global state is left alone; CTranslate2 has one generator, reseeded.
 SAMPLING_SEED = 0
+# A clip whose peak stays under this (-80 dBFS, full scale 1.0) holds nothing audible: 16-bit audio's lowest
+# step is 3.1e-5 (-90 dBFS), so this is dither and the three lowest steps. Quiet speech is far above it:
+# scaled to a -40 dBFS peak, tiny.en still decodes a sentence word for word (tests/test_safeguards.py).
+SILENCE_PEAK = 1e-4
+# No word is shorter than this (a short syllable lasts about 0.1-0.2 s): a shorter clip holds no speech.
+# tiny.en wrote "you" on a 0.01 s upload (issue 18).
+MIN_SPEECH_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -140,3 +156,34 @@ def result_of(a: Attempt, language: str | None, duration: float) -> Result:
     segments = [Segment(0.0, round(duration, 3), a.text, list(a.tokens), 0, a.temperature, a.avg_logprob,
                         a.compression_ratio, a.no_speech_prob, a.fallback_failed)] if a.text else []
     return Result(a.text, language, duration, segments)
+
+
+def inaudible(wav: np.ndarray, options: DecodingOptions) -> bool:
+    """Whether, with safeguards on, `wav` (16 kHz) is too quiet (peak under SILENCE_PEAK) or too short
+    (under MIN_SPEECH_S) to hold speech: its text is "" without decoding."""
+    if not options.safeguards:
+        return False
+    return len(wav) < MIN_SPEECH_S * SAMPLE_RATE or float(np.max(np.abs(wav))) < SILENCE_PEAK
+
+
+def empty_result(wav: np.ndarray, language: str | None) -> Result:
+    """What an inaudible clip transcribes to: no text, no segments."""
+    return Result("", language, seconds(wav), [])
+
+
+def skip_inaudible(transcribe_batch: Callable, wavs: list[np.ndarray], options: DecodingOptions,
+                   languages: list[str | None] | None, prompts: list[str | None] | None,
+                   multilingual: bool) -> list[Result]:
+    """A runtime's `transcribe_batch(wavs, options, languages, prompts)` run on the audible clips only; the
+    inaudible ones get `empty_result` (their language: the clip's or the options', "en" for an English-only
+    model). Results in the order of `wavs`; the runtime is not called when no clip is audible."""
+    languages = languages or [options.language] * len(wavs)
+    prompts = prompts or [options.prompt] * len(wavs)
+    keep = [i for i, w in enumerate(wavs) if not inaudible(w, options)]
+    results = [empty_result(w, lang if multilingual else "en") for w, lang in zip(wavs, languages)]
+    if keep:
+        decoded = transcribe_batch([wavs[i] for i in keep], options, [languages[i] for i in keep],
+                                   [prompts[i] for i in keep])
+        for i, r in zip(keep, decoded):
+            results[i] = r
+    return results

@@ -74,6 +74,10 @@ def label_prefix(generation_config, language: str | None) -> list[int]:
 
 
 def text_ids(tokenizer, text: str) -> list[int]:
+    """The text's tokens; none for an empty text (a non-speech clip), whose label is then the prefix and
+    <|endoftext|>: what the model should write after the prefix every runtime forces is nothing."""
+    if not text.strip():
+        return []  # " " alone would be a token (220): the model would learn to write a space
     # A leading space matches how Whisper emits the first word after the prefix.
     return tokenizer.encode(" " + text.strip(), add_special_tokens=False)
 
@@ -137,9 +141,12 @@ def batch_order(durations: list[float], batch_size: int, seed: int, epoch: int, 
 
 
 def collate_labels(label_rows: list[list[int]]):
+    """Label rows padded with -100 to the longest; at least one column, so a CTC batch of non-speech clips
+    (empty targets) is a (B, 1) tensor of padding, which transformers' CTC models take (an empty one they
+    refuse: they read its max)."""
     import torch
 
-    width = max(len(r) for r in label_rows)
+    width = max(1, max(len(r) for r in label_rows))
     labels = torch.full((len(label_rows), width), -100, dtype=torch.long)
     for i, r in enumerate(label_rows):
         labels[i, : len(r)] = torch.tensor(r)

@@ -19,37 +19,80 @@ from . import checkpoint
 from .data import batch_order
 
 
+NO_SPEECH_LOGGED_CHARS = 80  # of each text written on a non-speech clip, kept in train_log.jsonl
+# The no-speech set is decoded one clip per call, as `transcribe` decodes an upload: each clip gets its own
+# token cap (a 0.05 s sliver batched with 5 s clips would get theirs), and batches of these clips of different
+# lengths, decoded with the safeguards on, crashed inside transformers' Whisper generate when this was written
+# (TypeError in _maybe_reduce_batch, reproduced with bundled tiny.en; one clip per call decodes them).
+NO_SPEECH_BATCH = 1
+
+
 class TrainingDiverged(SpeechtuneError):
     pass
 
 
-def evaluate(whisper, eval_set: dict, batch_size: int, safeguards: bool = True) -> dict:
-    """Error rate of real decoding (generate, through the same runtime and options as `evaluate`) on one set;
-    clips are grouped by language for the prompt."""
-    from ..metrics.score import score_corpus
+def decode(whisper, eval_set: dict, batch_size: int, safeguards: bool = True) -> list[str]:
+    """The texts of one set's clips through the same runtime and options as `evaluate` (clips grouped by
+    language for the prompt), the model in eval mode meanwhile."""
     from ..runtimes import DecodingOptions, runtime_for, transcribe_many
 
     was_training = whisper.model.training
     whisper.model.eval()
     options = DecodingOptions(batch_size=batch_size, safeguards=safeguards)
-    hyps = transcribe_many(runtime_for(whisper), eval_set["wavs"], options,
-                           eval_set["languages"])
-    whisper.model.train(was_training)
+    try:
+        return transcribe_many(runtime_for(whisper), eval_set["wavs"], options, eval_set["languages"])
+    finally:
+        whisper.model.train(was_training)
+
+
+def evaluate(whisper, eval_set: dict, batch_size: int, safeguards: bool = True) -> dict:
+    """Error rate of real decoding (generate, through the same runtime and options as `evaluate`) on one set."""
+    from ..metrics.score import score_corpus
+
+    hyps = decode(whisper, eval_set, batch_size, safeguards)
     s = score_corpus(eval_set["refs"], hyps, language=[l or "en" for l in eval_set["languages"]])
     return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}
 
 
+def evaluate_no_speech(whisper, eval_set: dict, batch_size: int, safeguards: bool = True) -> dict:
+    """What the model writes on the no-speech set (`eval_set["names"]` names its clips), decoded with the
+    other sets' options, NO_SPEECH_BATCH clips a call (`batch_size` is not used): `no_speech_words`
+    (metrics.hallucination.written_words, summed), `no_speech_clips_with_text`, and `no_speech_written`,
+    each clip's text that holds a word (for the log)."""
+    from ..metrics.hallucination import no_speech_summary, written_words
+
+    hyps = decode(whisper, eval_set, NO_SPEECH_BATCH, safeguards)
+    s = no_speech_summary(hyps)
+    return {"no_speech_words": s["words"], "no_speech_clips_with_text": s["clips_with_text"],
+            "no_speech_written": {n: h[:NO_SPEECH_LOGGED_CHARS] for n, h in zip(eval_set["names"], hyps)
+                                  if written_words(h)}}
+
+
 def run_evals(whisper, step, evals, cfg, state, log, train_s: float = 0.0) -> dict:
+    """Score every set of `evals` (a set with `no_speech` set is the no-speech set), judge the guard against
+    the base model's eval (the first, or this one), log the record and return it. `guard_ok`: the guard's
+    error rate within --guard-threshold of the base's and, under --guard, text on no more non-speech clips
+    than the base wrote on (`guard_speech_ok` and `no_speech_ok` say which held)."""
     t = time.time()
     rec = {"step": step, "train_s": round(train_s, 2)}
+    written = {}
     for name, es in evals.items():
+        if es.get("no_speech"):
+            r = evaluate_no_speech(whisper, es, cfg.eval_batch_size, cfg.eval_safeguards)
+            written = r.pop("no_speech_written")
+            rec.update(r)
+            continue
         r = evaluate(whisper, es, cfg.eval_batch_size, cfg.eval_safeguards)
         rec[name], rec["metric" if name == "valid" else f"{name}_metric"] = r["error_rate"], r["metric"]
     base = state["evals"][0] if state["evals"] else rec
-    rec["guard_ok"] = rec.get("guard") is None or rec["guard"] <= base["guard"] + cfg.guard_threshold / 100
+    rec["guard_speech_ok"] = rec.get("guard") is None or rec["guard"] <= base["guard"] + cfg.guard_threshold / 100
+    rec["no_speech_ok"] = (rec.get("no_speech_clips_with_text") is None
+                           or base.get("no_speech_clips_with_text") is None
+                           or rec["no_speech_clips_with_text"] <= base["no_speech_clips_with_text"])
+    rec["guard_ok"] = rec["guard_speech_ok"] and (rec["no_speech_ok"] or not cfg.guard)
     rec["eval_s"] = round(time.time() - t, 2)
     state["evals"].append(rec)
-    log(dict(rec, event="eval"))
+    log(dict(rec, event="eval", **({"no_speech_written": written} if written else {})))
     return rec
 
 
@@ -316,7 +359,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
         return value
 
     if not state["evals"] and evals:  # the base model's scores: what every later eval is compared with
-        accelerator.print(f"base model: {_fmt(run_evals(whisper, 0, evals, cfg, state, log))}")
+        accelerator.print(f"base model: {format_eval(run_evals(whisper, 0, evals, cfg, state, log))}")
     bar = _bar(cfg, state, total_steps) if progress and accelerator.is_main_process else None
     model.train()
     clock = {"t0": time.time(), "samples0": state["samples"]}
@@ -340,7 +383,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
                     rec = run_evals(whisper, state["step"], evals, cfg, state, log, train_s=elapsed)
                     _judge(rec, state, cfg)
                     if bar:
-                        bar.write(f"step {state['step']}: {_fmt(rec)}")
+                        bar.write(f"step {state['step']}: {format_eval(rec)}")
                 if at_eval or (cfg.save_every and state["step"] % cfg.save_every == 0):
                     _restart_clock(state, clock, elapsed)
                     save(state["step"])
@@ -412,10 +455,15 @@ def select_checkpoint(state: dict, rec: dict, cfg) -> None:
     state["bad_evals"] = 0 if rec["guard_ok"] and all(rec["valid"] < v for v in earlier) else state["bad_evals"] + 1
 
 
-def _fmt(rec: dict) -> str:
+def format_eval(rec: dict) -> str:
+    """One evaluation as the eval line prints it: valid, guard and the no-speech set's counts."""
     s = f"valid {rec['metric'].upper()} {rec['valid']:.2%}"
     if rec.get("guard") is not None:
-        s += f", guard {rec['guard_metric'].upper()} {rec['guard']:.2%}" + ("" if rec["guard_ok"] else " (worse than base)")
+        s += (f", guard {rec['guard_metric'].upper()} {rec['guard']:.2%}"
+              + ("" if rec.get("guard_speech_ok", rec["guard_ok"]) else " (worse than base)"))
+    if rec.get("no_speech_words") is not None:
+        s += (f", no-speech: {rec['no_speech_words']} words on {rec['no_speech_clips_with_text']} clips"
+              + ("" if rec.get("no_speech_ok", True) else " (more than base)"))
     return s
 
 

@@ -28,7 +28,12 @@ from .config import TrainConfig
 # options that may change between a run and its resumption (they change where logs go and how fast data
 # arrives, never what is trained)
 RUN_ONLY = ("resume", "overwrite", "device", "report_to", "tensorboard", "data_workers")
-LOG_FOLDERS = ("train_log.jsonl", "train_config.yaml", "tensorboard", "wandb", "mlruns")  # left by a failed start
+NO_SPEECH_DIR = "no_speech"  # in --out: the WAVs of --no-speech-ratio's clips (the same bytes on every start)
+LOG_FOLDERS = ("train_log.jsonl", "train_config.yaml", "tensorboard", "wandb", "mlruns",
+               NO_SPEECH_DIR)  # left by a failed start
+# Training clips read (and kept in memory while the non-speech clips are made) to cut reversed speech from:
+# 16 clips of a few seconds is a few MB, and more voices than that add little to noise that has no words.
+MAX_SPEECH_TO_REVERSE = 16
 
 
 def add_arguments(parser) -> None:
@@ -66,6 +71,9 @@ def _check(cfg: TrainConfig, family) -> TrainConfig:
         raise SpeechtuneError(f"mix manifest not found: {cfg.mix}", "pass a .jsonl of general speech with transcripts")
     if cfg.mix_ratio < 0:
         raise SpeechtuneError(f"option mix_ratio: must be 0 or more, got {cfg.mix_ratio}")
+    if not 0 <= cfg.no_speech_ratio < 1:
+        raise SpeechtuneError(f"option no_speech_ratio: must be at least 0 and below 1, got {cfg.no_speech_ratio}",
+                              "e.g. 0.1 adds one non-speech clip per ten training clips; 0 adds none")
     for name in ("batch_size", "grad_accum", "eval_batch_size", "eval_max_clips", "log_every"):
         if getattr(cfg, name) < 1:
             raise SpeechtuneError(f"option {name}: must be at least 1")
@@ -124,6 +132,55 @@ def _mix_rows(cfg: TrainConfig, n_train: int, guard_rows: list[dict]) -> list[di
     return random.Random(cfg.seed).sample(rows, min(len(rows), round(cfg.mix_ratio * n_train)))
 
 
+def _resolved(rows: list[dict]) -> set[str]:
+    return {str(Path(r["audio"]).resolve()) for r in rows}
+
+
+def _no_speech_rows(cfg: TrainConfig, train_rows: list[dict], held: list[dict], out: Path,
+                    write: bool) -> list[dict]:
+    """--no-speech-ratio's clips as manifest rows with empty transcripts: round(ratio x training clips) of
+    them, made by data.nospeech.training_no_speech_clip from the run's seed (never the evaluations' no-speech
+    clips), reversed speech cut from up to MAX_SPEECH_TO_REVERSE training clips that the evaluations do not
+    read (`held`: their rows). Their WAVs go to OUT/no_speech/ when `write` (the main process). The same
+    options give the same files and rows, so a resumed run trains on what an uninterrupted one did. Each
+    clip takes the language of a training clip in turn (a multilingual model's prefix needs one)."""
+    import random
+
+    from ..audio import SAMPLE_RATE, write_wav
+    from ..data.nospeech import training_no_speech_clip
+    from .data import read_wav
+
+    n = round(cfg.no_speech_ratio * len(train_rows))
+    if not n:
+        return []
+    seen = _resolved(held)
+    sources = [r for r in train_rows if not _resolved([r]) & seen]
+    picked = random.Random(cfg.seed).sample(sources, min(len(sources), MAX_SPEECH_TO_REVERSE))
+    speech = [read_wav(r) for r in picked]
+    folder = (out / NO_SPEECH_DIR).resolve()
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        clip = training_no_speech_clip(i, cfg.seed, speech)
+        path = folder / f"{i:06d}_{clip.name}.wav"
+        if write:
+            write_wav(path, clip.wav)
+        rows.append({"audio": str(path), "text": "", "duration": len(clip.wav) / SAMPLE_RATE, "speaker": None,
+                     "language": train_rows[i % len(train_rows)].get("language"),
+                     "source": f"no-speech:{path.name}"})
+    return rows
+
+
+def _no_speech_set(speech_set: dict) -> dict:
+    """The no-speech set every evaluation decodes: data.nospeech.no_speech_clips() with reversed speech from
+    the first clips of `speech_set` (the guard's, else the evaluated split's), in its first clip's language."""
+    from ..data.nospeech import no_speech_clips
+    clips = no_speech_clips(speech=speech_set["wavs"])
+    return {"wavs": [c.wav for c in clips], "names": [c.name for c in clips],
+            "languages": [speech_set["languages"][0]] * len(clips), "no_speech": True}
+
+
 def _eval_set(rows: list[dict], language, multilingual: bool) -> dict:
     from ..evaluation import score_language
     from .data import read_wav
@@ -168,6 +225,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     valid_rows = load_split(data / "valid.jsonl", required=False)
     guard_rows = load_split(Path(cfg.guard)) if cfg.guard else []
     mixed = _mix_rows(cfg, len(train_rows), guard_rows)
+    rows, eval_name = eval_rows(valid_rows, train_rows, cfg.eval_max_clips)
     accelerator = _accelerator(cfg)
     set_seed(cfg.seed)  # before loading: a fresh CTC head is initialised at random
     # the model comes first: a CTC vocabulary is built from (or checked against) the transcripts, and the
@@ -181,20 +239,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         _plan_summary(cfg, len(train_rows))
+    silent = _no_speech_rows(cfg, train_rows, rows + guard_rows, out, write=accelerator.is_main_process)
+    accelerator.wait_for_everyone()  # the other processes read the WAVs the main one wrote
 
     hf_model = bundle.model
     peft_model = family.setup_training(cfg, hf_model)
-    clips = family.clips(train_rows + mixed, bundle, cfg)
-    rows, eval_name = eval_rows(valid_rows, train_rows, cfg.eval_max_clips)
+    clips = family.clips(train_rows + mixed + silent, bundle, cfg)
     if eval_name != "valid":
         accelerator.print("warning: valid.jsonl is empty; evaluating on a slice of train (memorisation, "
                           "not generalisation)")
     evals = {"valid": _eval_set(rows, cfg.language, bundle.multilingual)}
     if guard_rows:
         evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language, bundle.multilingual)
+    if cfg.eval_no_speech:
+        evals["no_speech"] = _no_speech_set(evals["guard" if guard_rows else "valid"])
     cache = family.encoder_cache(cfg, hf_model, out, accelerator.autocast)
     total = _total_steps(cfg, len(clips), accelerator.num_processes)
-    _plan_line(cfg, hf_model, clips, mixed, cache, total, accelerator)
+    _plan_line(cfg, hf_model, clips, mixed, silent, cache, total, accelerator)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
@@ -207,7 +268,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             shutil.rmtree(out / "encoder_cache", ignore_errors=True)
     if accelerator.is_main_process:
         summary = _finish(cfg, family, state, hf_model, peft_model, bundle, accelerator, time.time() - start,
-                          eval_name, {"train": len(train_rows), "mixed": len(mixed)})
+                          eval_name, {"train": len(train_rows), "mixed": len(mixed), "no_speech": len(silent)})
         print(_final_message(summary, out), file=sys.stderr)
     accelerator.wait_for_everyone()
     return out
@@ -237,10 +298,11 @@ def _total_steps(cfg: TrainConfig, n_clips: int, world: int) -> int:
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
 
-def _plan_line(cfg: TrainConfig, hf_model, clips, mixed, cache, total: int, accelerator) -> None:
+def _plan_line(cfg: TrainConfig, hf_model, clips, mixed, silent, cache, total: int, accelerator) -> None:
     world = accelerator.num_processes
     trainable = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
-    accelerator.print(f"training {cfg.mode}: {len(clips)} clips{f' ({len(mixed)} from --mix)' if mixed else ''}, "
+    extra = ", ".join([f"{len(mixed)} from --mix"] * bool(mixed) + [f"{len(silent)} without speech"] * bool(silent))
+    accelerator.print(f"training {cfg.mode}: {len(clips)} clips{f' ({extra})' if extra else ''}, "
                       f"{total} steps of {cfg.batch_size * cfg.grad_accum * world} "
                       f"clips, lr {cfg.lr:g}, {trainable / 1e6:.1f}M trainable parameters"
                       f"{', ' + cache.note if cache is not None and cache.note else ''}")
@@ -279,6 +341,33 @@ def _export(family, hf_model, peft_model, bundle, out: Path) -> None:
     tmp.rmdir()
 
 
+# what each evaluation scored, as training_summary.json reports it for the base model, the best and every eval
+SCORES = ("valid", "guard", "no_speech_words", "no_speech_clips_with_text")
+
+
+def guard_note(cfg: TrainConfig, state: dict, chosen: int) -> str | None:
+    """Under --guard: why no checkpoint was chosen, and which ones wrote text on more non-speech clips than
+    the base model (they are not guard_ok, so not chosen); None when there is nothing to say."""
+    notes = []
+    evals = state["evals"]
+    noisy = [e for e in evals[1:] if not e.get("no_speech_ok", True)]
+    if state["best"] is None:
+        # mixing in general speech was the one anchor that held the guard in benchmarks/forgetting.py
+        fix = ("raise --mix-ratio or lower --lr" if cfg.mix
+               else "add --mix with other general speech (not the guard clips) or lower --lr")
+        if noisy and not cfg.no_speech_ratio:
+            fix += ", or add --no-speech-ratio 0.1"
+        notes.append(f"no checkpoint improved on the base model's valid score while keeping the guard within "
+                     f"{cfg.guard_threshold} pt of the base model's and writing text on no more non-speech clips "
+                     f"than it; kept the best valid score (step {chosen}) anyway: {fix}")
+    if noisy:
+        base = evals[0].get("no_speech_clips_with_text")
+        shown = ", ".join(f"{e['step']} ({e['no_speech_clips_with_text']})" for e in noisy[:8])
+        notes.append(f"{len(noisy)} checkpoint(s) wrote text on more of the no-speech set's clips than the base "
+                     f"model ({base}) and were not chosen: step {shown}")
+    return "; ".join(notes) or None
+
+
 def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name, clips: dict) -> dict:
     import resource
 
@@ -291,14 +380,7 @@ def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name
     best = next((e for e in evals if e["step"] == chosen), None)
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    guard_note = None
-    if cfg.guard and state["best"] is None:
-        # mixing in general speech was the one anchor that held the guard in benchmarks/forgetting.py
-        fix = ("raise --mix-ratio or lower --lr" if cfg.mix
-               else "add --mix with other general speech (not the guard clips) or lower --lr")
-        guard_note = (f"no checkpoint improved on the base model's valid score while keeping the guard within "
-                      f"{cfg.guard_threshold} pt of the base model's; kept the best valid score (step {chosen}) "
-                      f"anyway: {fix}")
+    note = guard_note(cfg, state, chosen) if cfg.guard else None
     return {
         "data": str(data), "data_hash": data_hash(data / "train.jsonl", data / "valid.jsonl",
                                                   *([Path(cfg.mix)] if cfg.mix else [])),
@@ -306,10 +388,12 @@ def _summary(cfg, state, chosen, data: Path, wall: float, accelerator, eval_name
         "steps": state["step"], "epochs_started": state["epoch"] + (1 if state["group"] else 0),
         "best_step": chosen, "eval_on": eval_name, "metric": base["metric"] if base else None,
         "guard_metric": base.get("guard_metric") if base else None,
-        "base": {k: base.get(k) for k in ("valid", "guard")} if base else None,
-        "best": {k: best.get(k) for k in ("valid", "guard")} if best else None,
-        "guard_ok": None if not cfg.guard else state["best"] is not None, "guard_note": guard_note,
-        "evals": [{k: e.get(k) for k in ("step", "train_s", "valid", "guard", "guard_ok", "eval_s")} for e in evals],
+        "no_speech_ratio": cfg.no_speech_ratio,
+        "base": {k: base.get(k) for k in SCORES} if base else None,
+        "best": {k: best.get(k) for k in SCORES} if best else None,
+        "guard_ok": None if not cfg.guard else state["best"] is not None, "guard_note": note,
+        "evals": [{k: e.get(k) for k in ("step", "train_s", *SCORES, "guard_ok", "no_speech_ok", "eval_s")}
+                  for e in evals],
         "stopped": state["stopped"],
         "train_s": round(state["train_s"], 1), "wall_s": round(wall, 1),
         "samples_per_s": round(state["samples"] / max(state["train_s"], 1e-9), 2),
@@ -326,6 +410,10 @@ def _final_message(s: dict, out: Path) -> str:
         if s["base"].get("guard") is not None:
             g = (s.get("guard_metric") or "wer").upper()
             lines.append(f"guard {g}: base {s['base']['guard']:.2%} -> {s['best']['guard']:.2%}")
+        if s["base"].get("no_speech_words") is not None:
+            lines.append(f"no-speech set: base {s['base']['no_speech_words']} words on "
+                         f"{s['base']['no_speech_clips_with_text']} clips -> {s['best']['no_speech_words']} on "
+                         f"{s['best']['no_speech_clips_with_text']}")
     if s["guard_note"]:
         lines.append("warning: " + s["guard_note"])
     if s["stopped"]:
