@@ -179,18 +179,19 @@ class HFRuntime:
                 out = self._generate(features, mask, options, language, max_new_tokens=budget, **prompt_ids)
                 return [Attempt(self._decode(ids, prompt)) for ids in out]
             return decode_with_fallback(plain, len(wavs), options)
-        encoded = self._encode(features)
 
         def decode(idx: list[int], temperature: float) -> list[Attempt]:
-            from transformers.modeling_outputs import BaseModelOutput
             opts = options.replace(temperature=temperature, beam_size=options.beam_size if temperature == 0 else 1)
-            with _seeded(self.model.device, temperature > 0):  # (features or encoder outputs: not both)
-                out = self._generate(None, mask[idx], opts, language, max_new_tokens=budget, scores=True,
-                                     encoder_outputs=BaseModelOutput(last_hidden_state=encoded[idx]), **prompt_ids)
+            with _seeded(self.model.device, temperature > 0):
+                # the features, not the cached encoder outputs: when a clip of a batch finishes first,
+                # transformers' generate drops it from input_features (TypeError in _maybe_reduce_batch on
+                # None, seen on a batch of noise, reversed speech and a 0.15 s clip)
+                out = self._generate(features[idx], mask[idx], opts, language, max_new_tokens=budget,
+                                     scores=True, **prompt_ids)
             return [Attempt(self._decode(ids, prompt), tokens, logprob)
                     for ids, (tokens, logprob) in zip(out.sequences, self._scored(out, opts))]
         return decode_with_fallback(decode, len(wavs), options,
-                                    lambda idx: self._no_speech_probs(encoded[idx], prompt_ids))
+                                    lambda idx: self._no_speech_probs(self._encode(features[idx]), prompt_ids))
 
     def _encode(self, features):
         import torch

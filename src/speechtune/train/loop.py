@@ -20,11 +20,6 @@ from .data import batch_order
 
 
 NO_SPEECH_LOGGED_CHARS = 80  # of each text written on a non-speech clip, kept in train_log.jsonl
-# The no-speech set is decoded one clip per call, as `transcribe` decodes an upload: each clip gets its own
-# token cap (a 0.05 s sliver batched with 5 s clips would get theirs), and batches of these clips of different
-# lengths, decoded with the safeguards on, crashed inside transformers' Whisper generate when this was written
-# (TypeError in _maybe_reduce_batch, reproduced with bundled tiny.en; one clip per call decodes them).
-NO_SPEECH_BATCH = 1
 
 
 class TrainingDiverged(SpeechtuneError):
@@ -56,12 +51,12 @@ def evaluate(whisper, eval_set: dict, batch_size: int, safeguards: bool = True) 
 
 def evaluate_no_speech(whisper, eval_set: dict, batch_size: int, safeguards: bool = True) -> dict:
     """What the model writes on the no-speech set (`eval_set["names"]` names its clips), decoded with the
-    other sets' options, NO_SPEECH_BATCH clips a call (`batch_size` is not used): `no_speech_words`
+    other sets' options and batch size, as compare decodes it: `no_speech_words`
     (metrics.hallucination.written_words, summed), `no_speech_clips_with_text`, and `no_speech_written`,
     each clip's text that holds a word (for the log)."""
     from ..metrics.hallucination import no_speech_summary, written_words
 
-    hyps = decode(whisper, eval_set, NO_SPEECH_BATCH, safeguards)
+    hyps = decode(whisper, eval_set, batch_size, safeguards)
     s = no_speech_summary(hyps)
     return {"no_speech_words": s["words"], "no_speech_clips_with_text": s["clips_with_text"],
             "no_speech_written": {n: h[:NO_SPEECH_LOGGED_CHARS] for n, h in zip(eval_set["names"], hyps)
