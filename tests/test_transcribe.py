@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 
 from speechtune.audio import write_wav
 from speechtune.cli import main
