@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_speed import DRUGS, HELD, MORE, TRAIN, synth_split  # noqa: E402
 
 
-# One clip per decoding call, in training's evaluations too (see overtrain.py: batches of clips of different
-# lengths decoded with the safeguards on crashed in transformers' generate at the time of writing)
-BATCH = 1
+# Clips per decoding call, as compare's default (batched and one-at-a-time texts are identical since the hf
+# runtime's batched fallback was fixed; tests/test_runtimes.py checks it)
+BATCH = 8
 
 
 def build_corpus(d: Path) -> Path:

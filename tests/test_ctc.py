@@ -346,3 +346,68 @@ def test_compare_and_evaluate_work_on_ctc_models(random_ctc, prepared, prepared_
     assert result["guard"] is not None
     zh = evaluate(random_ctc, prepared_zh / "train.jsonl", progress=False)
     assert zh["metric"] == "cer"  # Chinese is scored by character, as for Whisper
+
+
+def _tiny_mms(folder: Path) -> dict[str, dict]:
+    """A tiny MMS-style folder: adapter layers in the config, a vocab.json nested by language, and one
+    adapter.<lang>.safetensors (adapter layers + a head of that language's size) per language."""
+    import string
+
+    import torch
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_ctc_config
+    base = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
+    vocabs = {"eng": {**base, **{c: i + 5 for i, c in enumerate(string.ascii_lowercase + "'")}},
+              "fra": {**base, **{c: i + 5 for i, c in enumerate(string.ascii_lowercase + "'éèàç")}}}
+    config = tiny_ctc_config("wav2vec2", vocab_size=len(vocabs["eng"]))
+    config.adapter_attn_dim = 8
+    torch.manual_seed(0)
+    model = tf.Wav2Vec2ForCTC(config)
+    model.save_pretrained(folder)
+    tf.Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps(vocabs))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Wav2Vec2CTCTokenizer", "pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>",
+        "eos_token": "</s>", "word_delimiter_token": "|", "do_lower_case": False}))
+    adapters = {}
+    for i, (lang, vocab) in enumerate(vocabs.items()):
+        torch.manual_seed(10 + i)
+        model.lm_head = torch.nn.Linear(config.hidden_size, len(vocab))
+        adapters[lang] = {k: torch.randn_like(v) * 0.1 for k, v in model._get_adapters().items()}
+        save_file({k: v.contiguous() for k, v in adapters[lang].items()}, str(folder / f"adapter.{lang}.safetensors"))
+    return adapters
+
+
+def test_an_mms_model_loads_the_language_its_spec_names_and_trains_its_adapter(prepared, tmp_path):
+    import torch
+
+    from speechtune.families import ctc as family
+    from speechtune.models import model_type
+    from speechtune.models.ctc import load_ctc
+    from speechtune.train.recipe import train
+    adapters = _tiny_mms(tmp_path / "mms")
+    spec = f"{tmp_path / 'mms'}:fra"
+    with pytest.raises(SpeechtuneError, match="adapters for 2 languages.*names none"):
+        load_ctc(tmp_path / "mms", device="cpu")
+    with pytest.raises(SpeechtuneError, match="no language 'deu' among its 2"):
+        load_ctc(f"{tmp_path / 'mms'}:deu", device="cpu")
+    with pytest.raises(SpeechtuneError, match="has no languages"):
+        load_ctc(f"{build_tiny_ctc(tmp_path / 'plain', 'wav2vec2', vocab={'[PAD]': 0, '[UNK]': 1, '|': 2})}:fra")
+    assert model_type(spec) == "wav2vec2"
+
+    bundle = family.load_for_training(_cfg(spec, prepared, tmp_path / "o", mode="adapter"), [], device="cpu")
+    assert bundle.model.config.vocab_size == 36 and bundle.tokenizer.convert_tokens_to_ids("é") == 32
+    family.setup_training(_cfg(spec, prepared, tmp_path / "o", mode="adapter"), bundle.model)
+    loaded = bundle.model._get_adapters()
+    # fra's own adapter, not eng's and not re-initialised by --mode adapter
+    assert all(torch.equal(loaded[k].detach(), v) for k, v in adapters["fra"].items())
+    assert {n for n, p in bundle.model.named_parameters() if p.requires_grad} == set(adapters["fra"])
+
+    out = train(_cfg(spec, prepared, tmp_path / "o", mode="adapter", lr=1e-2), progress=False)
+    losses = _losses(out)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    assert (out / "adapter.fra.safetensors").is_file()
+    tuned = load_ctc(out, device="cpu")  # the tuned folder remembers its language: no suffix needed
+    assert tuned.tokenizer.target_lang == "fra" and tuned.model.config.vocab_size == 36

@@ -132,6 +132,21 @@ def test_real_tiny_en_gives_no_text_for_noise_without_speech(tiny_en):
     assert r.text == "" and r.segments == []
 
 
+def test_a_batch_falling_back_decodes_every_clip_and_repeats_itself(tiny_whisper_dir):
+    """Clips of one batch that fail the checks at temperature 0 are re-decoded together (the random-weight
+    model loops on all of them); transformers' generate once crashed there (TypeError in
+    _maybe_reduce_batch) when one clip's sampling finished before the others'. Sampling draws from one
+    seeded stream per call, so the same batch gives the same texts (a clip's sampled text may differ from
+    what it gets in another batch, as in openai-whisper)."""
+    from speechtune.synth import speak
+    runtime = load_runtime(tiny_whisper_dir, "cpu")
+    wavs = [speak("hello"), speak("take two tablets daily"), speak("stop")]
+    options = DecodingOptions(temperature_increment_on_fallback=0.5)
+    first = runtime.transcribe_batch(wavs, options)
+    assert len(first) == 3 and all(r.segments and r.segments[0].temperature > 0 for r in first)
+    assert [r.text for r in runtime.transcribe_batch(wavs, options)] == [r.text for r in first]
+
+
 def test_inaudible_clips_get_no_text_and_never_reach_the_model():
     """safeguards.skip_inaudible, which every runtime's transcribe_batch goes through: digital silence, a
     clip under SILENCE_PEAK and one under MIN_SPEECH_S are left out of the batch; the rest keep their order,

@@ -112,6 +112,31 @@ def test_labels_have_prefix_and_match_hf_shift(tiny_multilingual_dir):
     del torch
 
 
+def test_teacher_forcing_keeps_the_no_speech_position(tiny_multilingual_dir):
+    """Clips.teacher: the decoder input is what HF builds from labels (the prefix is forced, then the row);
+    the target after <|sot|> is ignored for speech and is <|nospeech|> for a non-speech clip, whose next
+    target, right after the prefix, is <|endoftext|>."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    from speechtune.models.whisper import prefix_ids
+    from speechtune.runtimes.safeguards import no_speech_token
+    from speechtune.train.data import Clips, collate_labels
+
+    proc = WhisperProcessor.from_pretrained(tiny_multilingual_dir)
+    gen = WhisperForConditionalGeneration.from_pretrained(tiny_multilingual_dir).generation_config
+    rows = [{"audio": "a.wav", "text": t, "duration": 1.0, "language": "de", "source": t or "noise"}
+            for t in ("hello world", "")]
+    clips = Clips(rows, proc, gen, None, 448)
+    inputs, labels = clips.teacher([0, 1])
+    hf = shift_tokens_right(collate_labels(clips.labels), gen.eos_token_id, gen.decoder_start_token_id)
+    n = len(prefix_ids(gen, "de"))
+    assert inputs[0].tolist() == hf[0].tolist() and inputs[1, :n].tolist() == prefix_ids(gen, "de")
+    assert labels[0, 0] == -100 and labels[0, 1:].tolist() == collate_labels(clips.labels)[0, 1:].tolist()
+    assert labels[1, 0] == no_speech_token(gen) and labels[1, n - 1] == gen.eos_token_id
+    assert labels[1, 1:n - 1].tolist() == prefix_ids(gen, "de")[2:]  # the forced task tokens between
+
+
 def test_multilingual_language_from_manifest_or_flag(tiny_multilingual_dir, prepared, tmp_path):
     from speechtune.train.recipe import train
 

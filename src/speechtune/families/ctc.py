@@ -61,8 +61,11 @@ def load_for_training(cfg, rows: list[dict], device: str | None = None, dtype=No
     folder = resolve_ctc(cfg.model)
     if cfg.new_vocab or not has_tokenizer(folder):
         work = Path(tempfile.mkdtemp(prefix="speechtune-vocab-"))
-        return load_ctc(folder, device=device, dtype=dtype, vocab=build_vocab(r["text"] for r in rows), work=work)
-    bundle = load_ctc(folder, device=device, dtype=dtype)
+        bundle = load_ctc(folder, device=device, dtype=dtype, vocab=build_vocab(r["text"] for r in rows), work=work)
+        if getattr(bundle.model.config, "adapter_attn_dim", None):
+            bundle.model.init_adapter_layers()  # a new language (MMS): fresh adapters with its fresh head
+        return bundle
+    bundle = load_ctc(cfg.model, device=device, dtype=dtype)  # the spec: it may name an MMS language
     _check_vocabulary(bundle.tokenizer, rows)
     return bundle
 
@@ -223,8 +226,7 @@ def _adapters(cfg, model):
         raise SpeechtuneError(f"--mode adapter: {getattr(model, 'name_or_path', 'this model')} has no adapter "
                               "layers (adapter_attn_dim in its config; MMS models have them)",
                               "use --mode freeze-feature-encoder or lora")
-    model.init_adapter_layers()
-    model.freeze_base_model()
+    model.freeze_base_model()  # the adapters stay as loaded: a language's own, or fresh ones for a new vocabulary
     for p in model._get_adapters().values():  # the adapter layers and the CTC head, as MMS trains them
         p.requires_grad = True
 

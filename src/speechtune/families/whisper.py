@@ -136,17 +136,17 @@ def setup_training(cfg, model):
 
 def loss(model, clips, idx, cache, cfg, step: int):
     """Mean cross-entropy of one micro-batch: from cached encoder states, or features through the encoder."""
-    from ..train.data import augment_rng, collate_labels
+    from ..train.data import augment_rng
 
     inner = getattr(model, "module", model)  # under DDP, the HF model is wrapped
     device, dtype = inner.device, next(inner.parameters()).dtype
-    labels = collate_labels([clips.labels[i] for i in idx]).to(device)
+    inputs, labels = (t.to(device) for t in clips.teacher(idx))
     if cache is not None:
         hidden = cache.batch(idx, clips, inner.get_encoder(), device, dtype)
-        return model(encoder_outputs=(hidden,), labels=labels).loss
+        return model(encoder_outputs=(hidden,), decoder_input_ids=inputs, labels=labels).loss
     rng = augment_rng(cfg.seed, step, idx)  # augmentation draws depend on position only
     features = clips.features(idx, rng, cfg.speed_perturb or (), cfg.noise_snr).to(device, dtype)
-    return model(input_features=features, labels=labels).loss
+    return model(input_features=features, decoder_input_ids=inputs, labels=labels).loss
 
 
 def save(model, peft_model, bundle, folder: Path) -> None:

@@ -6,6 +6,11 @@ tokenizer. A pretrained encoder without a CTC head (facebook/wav2vec2-base, micr
 tokenizer: `build_vocab` makes a character vocabulary from the training transcripts (`[PAD]` is the CTC blank,
 `|` the word delimiter, `[UNK]` what the vocabulary lacks; Chinese is written by character) and
 `load_ctc(..., vocab=)` puts a fresh head of that size on the encoder.
+
+MMS (facebook/mms-1b-all) ships one adapter per language (adapter.<lang>.safetensors: the adapter layers and
+a head for that language's characters) and a vocab.json nested by language. Its spec names the language after
+a colon, `facebook/mms-1b-all:cmn-script_simplified`, in every command; a fine-tuned MMS folder remembers
+its language (the tokenizer's target_lang) and needs none.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from ..errors import SpeechtuneError
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 # Scripts written without spaces between words: a transcript's spaces next to these are not word breaks.
 _NO_SPACE = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# An MMS language's adapter weights, as transformers' Wav2Vec2ForCTC.load_adapter looks for them.
+ADAPTER_FILES = ("adapter.{}.safetensors", "adapter.{}.bin")
 
 
 def ctc_types() -> tuple[str, ...]:
@@ -48,8 +55,20 @@ class CTCModel:
         return self.model.config.pad_token_id
 
 
+def split_lang(spec) -> tuple[str, str | None]:
+    """A spec and the MMS language it names after a colon ("facebook/mms-1b-all:fra" -> ("facebook/mms-1b-all",
+    "fra")); a spec that is an existing path, or names none, comes back whole with None."""
+    s = str(spec)
+    if ":" not in s or Path(s).expanduser().exists():
+        return s, None
+    base, lang = s.rsplit(":", 1)
+    return (base, lang) if lang and "/" not in lang else (s, None)
+
+
 def resolve_ctc(spec) -> Path:
-    """The local folder of a CTC spec: the folder itself, or a hub id downloaded into the hub cache."""
+    """The local folder of a CTC spec: the folder itself, or a hub id downloaded into the hub cache (with only
+    the adapter of the MMS language the spec names: mms-1b-all has over a thousand)."""
+    spec, lang = split_lang(spec)
     path = Path(str(spec)).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -57,7 +76,9 @@ def resolve_ctc(spec) -> Path:
         return path
     try:
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(str(spec), allow_patterns=["*.json", "*.txt", "*.model", *_weights(str(spec))]))
+        adapters = [f.format(lang) for f in ADAPTER_FILES] if lang else []
+        return Path(snapshot_download(str(spec), allow_patterns=["*.json", "*.txt", "*.model", *_weights(str(spec)),
+                                                                 *adapters]))
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         reason = "offline mode (HF_HUB_OFFLINE=1) and not in the local hub cache" if offline else str(e)[:200]
@@ -67,13 +88,15 @@ def resolve_ctc(spec) -> Path:
 
 def _weights(repo: str) -> list[str]:
     """The weight files to fetch: safetensors where the repo has them, else the older pytorch_model.bin
-    (facebook's first wav2vec2 and HuBERT checkpoints); both when the file list cannot be read (offline)."""
+    (facebook's first wav2vec2 and HuBERT checkpoints); both when the file list cannot be read (offline). Only
+    the model's own files: MMS's per-language adapter.*.safetensors are fetched one language at a time."""
     try:
         from huggingface_hub import list_repo_files
         files = list_repo_files(repo)
     except Exception:
-        return ["*.safetensors", "*.bin"]
-    return ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
+        return ["model*.safetensors", "pytorch_model*.bin"]
+    safe = any(f.startswith("model") and f.endswith(".safetensors") for f in files)
+    return ["model*.safetensors"] if safe else ["pytorch_model*.bin"]
 
 
 def _feature_extractor(folder: Path, config):
@@ -91,13 +114,61 @@ def has_tokenizer(folder: Path) -> bool:
     return any((Path(folder) / n).is_file() for n in ("vocab.json", "tokenizer.json", "tokenizer_config.json"))
 
 
-def _tokenizer(folder: Path):
-    """The folder's tokenizer, or None when it has none."""
+def languages(folder: Path) -> list[str]:
+    """The languages of a vocab.json nested by language (MMS); [] for a one-language vocabulary."""
+    vocab = Path(folder) / "vocab.json"
+    try:
+        data = json.loads(vocab.read_text(encoding="utf-8")) if vocab.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        raise SpeechtuneError(f"{vocab}: not valid JSON", "re-download or re-save the model folder") from None
+    return sorted(data) if data and all(isinstance(v, dict) for v in data.values()) else []
+
+
+def _saved_lang(folder: Path) -> str | None:
+    config = Path(folder) / "tokenizer_config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("target_lang") if config.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _adapter_lang(spec, folder: Path, lang: str | None) -> tuple[str | None, bool]:
+    """For a model whose vocabulary is nested by language (MMS): the language to use, and whether its adapter
+    is loaded from the folder's adapter.<lang> file (False: a fine-tuned folder whose weights already hold
+    it). (None, False) for any other model."""
+    langs = languages(folder)
+    if not langs:
+        if lang:
+            raise SpeechtuneError(f"model '{spec}': ':{lang}' names an MMS language, but this model's vocabulary "
+                                  "has no languages", f"drop ':{lang}' from the model spec")
+        return None, False
+    saved = _saved_lang(folder)
+    lang = lang or saved
+    base = split_lang(spec)[0]
+    if lang is None:
+        shown = ", ".join(l for l in ("eng", "cmn-script_simplified", "fra", "spa", "deu") if l in langs) \
+            or ", ".join(langs[:5])
+        raise SpeechtuneError(f"model '{spec}': holds adapters for {len(langs)} languages and the spec names "
+                              "none", f"name one after a colon, e.g. {base}:{langs[0]} (it has {shown}, ...)")
+    if lang not in langs:
+        near = [l for l in langs if l.startswith(lang[:3])][:8]
+        raise SpeechtuneError(f"model '{spec}': no language '{lang}' among its {len(langs)}",
+                              f"its codes are ISO 639-3 ({', '.join(near or langs[:8])}, ...)")
+    if any((folder / f.format(lang)).is_file() for f in ADAPTER_FILES):
+        return lang, True
+    if lang == saved:
+        return lang, False
+    raise SpeechtuneError(f"model '{spec}': no adapter.{lang}.safetensors in {folder}",
+                          f"this folder was fine-tuned for '{saved}'; use that, or the original MMS model")
+
+
+def _tokenizer(folder: Path, lang: str | None = None):
+    """The folder's tokenizer (for MMS, set to `lang`), or None when it has none."""
     if not has_tokenizer(folder):
         return None
     from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, **({"target_lang": lang} if lang else {}))
     except (OSError, ValueError, TypeError) as e:
         raise SpeechtuneError(f"{folder}: cannot load its tokenizer ({str(e)[:200]})",
                               "re-save the model folder, or pass --new-vocab to build one from the transcripts") from None
@@ -167,13 +238,16 @@ def load_ctc(spec, device: str | None = None, dtype=None, vocab: dict[str, int] 
                               f"CTC types: {', '.join(ctc_types())}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fe = _feature_extractor(folder, config)
-    tokenizer = vocab_tokenizer(vocab, work or folder) if vocab else _tokenizer(folder)
+    lang, from_adapter = (None, False) if vocab else _adapter_lang(spec, folder, split_lang(spec)[1])
+    tokenizer = vocab_tokenizer(vocab, work or folder) if vocab else _tokenizer(folder, lang)
     if tokenizer is None:
         raise SpeechtuneError(f"{folder}: no tokenizer (a pretrained encoder without a CTC head)",
                               "train it with `speechtune train`, which builds a vocabulary from the transcripts")
     extra = {}
     if vocab:  # a fresh head: sized to the vocabulary, the blank being [PAD]
         extra = {"vocab_size": len(vocab), "pad_token_id": vocab[PAD], "ignore_mismatched_sizes": True}
+    elif from_adapter:  # the language's adapter and head replace the default ones (their sizes differ)
+        extra = {"target_lang": lang, "ignore_mismatched_sizes": True}
     hf_logging.disable_progress_bar()
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized: lm_head" is the point of a fresh head, not news
@@ -192,3 +266,9 @@ def save_ctc(bundle: CTCModel, model, folder: Path) -> None:
     model.save_pretrained(str(folder))
     bundle.feature_extractor.save_pretrained(str(folder))
     bundle.tokenizer.save_pretrained(str(folder))
+    lang = getattr(bundle.tokenizer, "target_lang", None)
+    if lang and getattr(model.config, "adapter_attn_dim", None):
+        # the tuned language's adapter on its own too, as MMS ships them: another MMS base can load it
+        from safetensors.torch import save_file
+        save_file({k: v.detach().contiguous().cpu() for k, v in model._get_adapters().items()},
+                  str(folder / ADAPTER_FILES[0].format(lang)))

@@ -169,7 +169,9 @@ def resolve_model(spec: str | os.PathLike) -> Path:
 def model_type(spec) -> str | None:
     """The transformers model_type a local spec declares (config.json), "whisper" for the forms only Whisper
     has (bundled names, openai .pt, CTranslate2 folders), a hub id's from its config.json when the hub (or
-    its cache) has it, else None."""
+    its cache) has it, else None. An MMS language after a colon ("facebook/mms-1b-all:fra") is not part of it."""
+    from .ctc import split_lang
+    spec = split_lang(spec)[0]
     path = Path(str(spec)).expanduser()
     if str(spec) in BUNDLED or path.suffix in (".pt", ".pth") or (path / "model.bin").is_file():
         return "whisper"

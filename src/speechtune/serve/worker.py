@@ -125,11 +125,12 @@ def prepare_model(spec, backend: str = "auto") -> Path:
     """The folder a runtime loads: a CTC model or its ONNX export as it is; for Whisper an HF folder for `hf`,
     else a CT2 folder (converted and cached if needed)."""
     from ..models import model_type, resolve_model
-    from ..models.ctc import ctc_types, resolve_ctc
+    from ..models.ctc import ctc_types, resolve_ctc, split_lang
     if export_format(spec) == "onnx" and export_meta(spec).get("family") == "ctc":
         return Path(str(spec)).expanduser()
     if export_format(spec) is None and model_type(spec) in ctc_types():
-        return resolve_ctc(spec)
+        lang = split_lang(spec)[1]  # an MMS language stays on the folder's spec
+        return Path(f"{resolve_ctc(spec)}:{lang}") if lang else resolve_ctc(spec)
     if export_format(spec) == "onnx":
         raise SpeechtuneError(f"{spec}: an ONNX export; serve runs CTranslate2 exports or any model spec",
                               "serve the CT2 export (speechtune export --format ct2) or the source model")
