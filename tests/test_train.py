@@ -498,7 +498,8 @@ def test_e2e_tiny_en_learns_drug_names(tmp_path):
                  + [held[(i + 1) % 2].format(a=DRUGS[i], b=DRUGS[(i + 7) % 12]) for i in range(1, 12, 3)],
                  tmp_path / "data", "valid", seed=2)
     cfg = TrainConfig(model="tiny.en", data=str(tmp_path / "data"), out=str(tmp_path / "model"),
-                      mode="freeze-encoder", lr=1e-4, epochs=4, eval_every=1000, tensorboard=False)
+                      mode="freeze-encoder", lr=1e-4, epochs=4, eval_every=1000, tensorboard=False,
+                      eval_no_speech=False)  # tests/test_no_speech_train.py covers that evaluation
     out = train(cfg, progress=False)
     summary = json.loads((out / "training_summary.json").read_text())
     base, best = summary["base"]["valid"], summary["best"]["valid"]

@@ -18,7 +18,7 @@ from .files import write_json, write_jsonl
 MODELS = {"en": "tiny.en", "zh": "base"}
 # Sizes: "full" is the real demo; "small" keeps the same steps at a size CI can afford.
 SIZES = {"full": dict(n_train=60, n_valid=6, n_test=20, renditions=2, epochs=5),
-         "small": dict(n_train=40, n_valid=4, n_test=10, renditions=2, epochs=5)}
+         "small": dict(n_train=40, n_valid=4, n_test=10, renditions=2, epochs=3)}
 TRAIN_VOICES = {"en": ["m1", "f3", "m3"], "zh": ["m1", "f3", "m3"]}
 DEMO_LR = {"en": 4e-5, "zh": 4e-5}
 
