@@ -132,10 +132,11 @@ def _saved_lang(folder: Path) -> str | None:
         return None
 
 
-def _adapter_lang(spec, folder: Path, lang: str | None) -> tuple[str | None, bool]:
+def _adapter_lang(spec, folder: Path) -> tuple[str | None, bool]:
     """For a model whose vocabulary is nested by language (MMS): the language to use, and whether its adapter
     is loaded from the folder's adapter.<lang> file (False: a fine-tuned folder whose weights already hold
     it). (None, False) for any other model."""
+    base, lang = split_lang(spec)
     langs = languages(folder)
     if not langs:
         if lang:
@@ -144,7 +145,6 @@ def _adapter_lang(spec, folder: Path, lang: str | None) -> tuple[str | None, boo
         return None, False
     saved = _saved_lang(folder)
     lang = lang or saved
-    base = split_lang(spec)[0]
     if lang is None:
         shown = ", ".join(l for l in ("eng", "cmn-script_simplified", "fra", "spa", "deu") if l in langs) \
             or ", ".join(langs[:5])
@@ -238,7 +238,7 @@ def load_ctc(spec, device: str | None = None, dtype=None, vocab: dict[str, int] 
                               f"CTC types: {', '.join(ctc_types())}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fe = _feature_extractor(folder, config)
-    lang, from_adapter = (None, False) if vocab else _adapter_lang(spec, folder, split_lang(spec)[1])
+    lang, from_adapter = (None, False) if vocab else _adapter_lang(spec, folder)
     tokenizer = vocab_tokenizer(vocab, work or folder) if vocab else _tokenizer(folder, lang)
     if tokenizer is None:
         raise SpeechtuneError(f"{folder}: no tokenizer (a pretrained encoder without a CTC head)",

@@ -3,7 +3,7 @@
 A label row is the sequence after <|startoftranscript|>: the prefix without <|sot|>, then the text tokens, then
 <|endoftext|>. `Clips.teacher` makes a batch's decoder inputs (<|sot|> and the row shifted right, as
 `WhisperForConditionalGeneration` would from labels alone) and its targets, which differ from the rows in
-one place: the token after <|sot|> (see NO_SPEECH_TARGET). Padding is -100 (ignored by the loss).
+one place: the token after <|sot|> (see Clips.teacher). Padding is -100 (ignored by the loss).
 
 Audio is read from the prepared folder when a batch needs it and never kept, so a run's memory does not grow
 with the number of clips (100 h of 16 kHz float32 audio is 23 GB). The training loop tells `Clips` which
@@ -23,19 +23,12 @@ import numpy as np
 from ..audio import AudioError, SAMPLE_RATE, WINDOW_S, header_seconds, load_audio, resample
 from ..errors import SpeechtuneError
 from ..manifest import read_manifest
+from ..runtimes.safeguards import no_speech_token
 
 MAX_CLIP_S = WINDOW_S  # Whisper's encoder sees one window; a longer clip would be cut
 # Micro-batches each worker computes ahead (DataLoader's prefetch_factor, at its default): one to hand over
 # and one in the making is enough to hide decoding and log-mel (~40 ms a clip on one core) behind a step.
 READ_AHEAD_PER_WORKER = 2
-# The position after <|startoftranscript|> is where Whisper predicts <|nospeech|> or not: the no-speech
-# probability every runtime's no-speech gate reads. With the forced prefix as its target on speech clips, the
-# demo's 50 steps took tiny.en's P(<|nospeech|>) on noise and hum from 0.82-0.95 to 0.13-0.22 (0.02-0.04 with
-# --no-speech-ratio 0.2 and the prefix there too), and the tuned model wrote "you" on 12 of the 14 no-speech
-# clips (base 4). So a speech clip's loss skips that position (the runtimes force the prefix anyway), and a
-# non-speech clip is taught <|nospeech|> there, as Whisper was trained (its paper's figure 1), then
-# <|endoftext|> right after the forced prefix.
-NO_SPEECH_TARGET = True
 
 
 def load_split(path: Path, required: bool = True) -> list[dict]:
@@ -293,7 +286,7 @@ class Clips:
         self.sot = generation_config.decoder_start_token_id
         self.pad = generation_config.pad_token_id if generation_config.pad_token_id is not None \
             else generation_config.eos_token_id
-        self.no_speech = generation_config.no_timestamps_token_id - 1  # <|nospeech|>: runtimes.safeguards.no_speech_token
+        self.no_speech = no_speech_token(generation_config)
         self.ahead: ReadAhead | None = None
 
     def __len__(self) -> int:
@@ -302,15 +295,21 @@ class Clips:
     def teacher(self, idx: list[int]):
         """(decoder_input_ids, labels) for clips `idx`, (B, T) each: inputs <|sot|> + the label row but its last
         token (padded with the pad token), targets the label row with the token after <|sot|> ignored for
-        speech and <|nospeech|> for a non-speech clip (NO_SPEECH_TARGET), padded with -100."""
+        speech and <|nospeech|> for a non-speech clip, padded with -100.
+
+        That position is where Whisper predicts <|nospeech|> or not: the no-speech probability every runtime's
+        no-speech gate reads. With the forced prefix as its target there, the demo's 50 steps took tiny.en's
+        P(<|nospeech|>) on noise and hum from 0.82-0.95 to 0.13-0.22 (0.02-0.04 with --no-speech-ratio 0.2),
+        and the tuned model wrote "you" on 12 of the 14 no-speech clips (base 4). So speech skips it (the
+        runtimes force the prefix anyway) and a non-speech clip is taught <|nospeech|> there, as Whisper was
+        trained (its paper's figure 1), then <|endoftext|> right after the forced prefix."""
         import torch
         rows = [self.labels[i] for i in idx]
         inputs = torch.full((len(rows), max(len(r) for r in rows)), self.pad, dtype=torch.long)
         labels = collate_labels(rows)
         for b, (i, r) in enumerate(zip(idx, rows)):
             inputs[b, : len(r)] = torch.tensor([self.sot, *r[:-1]])
-            if NO_SPEECH_TARGET:
-                labels[b, 0] = -100 if self.speech[i] else self.no_speech
+            labels[b, 0] = -100 if self.speech[i] else self.no_speech
         return inputs, labels
 
     def wav(self, i: int) -> np.ndarray:
