@@ -1,10 +1,11 @@
 """Model families: what differs between kinds of speech model, each behind one small interface.
 
-A family is one module here with these names (whisper.py, ctc.py; text-to-speech voices come next). The
+A family is one module here with these names (whisper.py, ctc.py, tts.py). The
 commands never ask which family they hold: `train` calls these, `runtimes` decodes what they save, `export`
 takes the formats they list.
 
-    NAME                      "whisper" | "ctc"
+    NAME                      "whisper" | "ctc" | "tts"
+    TASK                      "asr" (it transcribes: no-speech sets, --mix) | "tts" (it speaks)
     MODEL_TYPES               the transformers `model_type`s the family trains
     MODES                     the training modes it supports (`train --mode`); the first is the default
     DEFAULT_LR                {mode: peak lr} when --lr is not given
@@ -22,15 +23,22 @@ takes the formats they list.
     loss(model, clips, idx, cache, cfg, step) -> the mean loss of one micro-batch
     save(model, peft_model, bundle, folder) -> a complete model folder, loadable offline by `load`
 
+and, optionally:
+
+    NAMED_MODELS              specs the family owns by name (tts: "fastspeech2-tiny", a fresh model)
+    score(bundle, eval_set, cfg) -> {"error_rate", "metric", "examples"}: how train's evaluations judge the
+                              model, when not by transcribing the set's audio (tts: Whisper's CER on what the
+                              voice says)
+
 `family_for(spec)` picks the family from what the spec is, without loading weights.
 """
 from __future__ import annotations
 
 from ..errors import SpeechtuneError
 from ..models import model_type
-from . import ctc, whisper
+from . import ctc, tts, whisper
 
-FAMILIES = (whisper, ctc)
+FAMILIES = (whisper, ctc, tts)
 __all__ = ["FAMILIES", "family_for", "model_type"]
 
 
@@ -38,6 +46,9 @@ def family_for(spec):
     """The family module that trains `spec`; a one-line error naming the spec and the families there are
     when none does. A spec whose type cannot be told here (a hub id) is tried as Whisper, whose loader
     reports what is wrong with it."""
+    for family in FAMILIES:
+        if str(spec) in getattr(family, "NAMED_MODELS", ()):
+            return family
     kind = model_type(spec)
     for family in FAMILIES:
         if kind is None or kind in family.MODEL_TYPES:

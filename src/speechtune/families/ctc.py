@@ -24,6 +24,7 @@ from ..errors import SpeechtuneError
 NAME = "ctc"
 # The types of transformers' AutoModelForCTC that speechtune trains (tests/test_ctc.py checks each one is
 # still in transformers' mapping).
+TASK = "asr"
 MODEL_TYPES = ("wav2vec2", "wav2vec2-conformer", "wav2vec2-bert", "hubert", "wavlm", "unispeech", "unispeech-sat",
                "data2vec-audio", "sew", "sew-d", "parakeet_ctc")
 MODES = ("freeze-feature-encoder", "full", "head", "lora", "adapter")

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import SpeechtuneError
 
 NAME = "whisper"
+TASK = "asr"
 MODEL_TYPES = ("whisper",)
 MODES = ("freeze-encoder", "full", "lora")  # the first is the default
 # Safe defaults: a higher lr learns the domain faster but makes the model loop on domain terms on general

@@ -63,11 +63,12 @@ def evaluate_no_speech(whisper, eval_set: dict, batch_size: int, safeguards: boo
                                   if written_words(h)}}
 
 
-def run_evals(whisper, step, evals, cfg, state, log, train_s: float = 0.0) -> dict:
+def run_evals(whisper, step, evals, cfg, state, log, train_s: float = 0.0, score=None) -> dict:
     """Score every set of `evals` (a set with `no_speech` set is the no-speech set), judge the guard against
     the base model's eval (the first, or this one), log the record and return it. `guard_ok`: the guard's
     error rate within --guard-threshold of the base's and, under --guard, text on no more non-speech clips
-    than the base wrote on (`guard_speech_ok` and `no_speech_ok` say which held)."""
+    than the base wrote on (`guard_speech_ok` and `no_speech_ok` say which held). `score(bundle, set, cfg)`,
+    the family's, replaces transcribing the set's audio (a voice is judged by what it says)."""
     t = time.time()
     rec = {"step": step, "train_s": round(train_s, 2)}
     written = {}
@@ -77,7 +78,8 @@ def run_evals(whisper, step, evals, cfg, state, log, train_s: float = 0.0) -> di
             written = r.pop("no_speech_written")
             rec.update(r)
             continue
-        r = evaluate(whisper, es, cfg.eval_batch_size, cfg.eval_safeguards)
+        r = (score(whisper, es, cfg) if score else
+             evaluate(whisper, es, cfg.eval_batch_size, cfg.eval_safeguards))
         rec[name], rec["metric" if name == "valid" else f"{name}_metric"] = r["error_rate"], r["metric"]
     base = state["evals"][0] if state["evals"] else rec
     rec["guard_speech_ok"] = rec.get("guard") is None or rec["guard"] <= base["guard"] + cfg.guard_threshold / 100
@@ -332,9 +334,10 @@ def _judge(rec: dict, state: dict, cfg) -> None:
 
 
 def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, accelerator, total_steps: int,
-               progress: bool = True, loss=None) -> dict:
+               progress: bool = True, loss=None, score=None) -> dict:
     """Train to `total_steps` (or a stop), evaluating, checkpointing and logging on the way; returns the loop's
-    state (evals, chosen steps). `loss(model, clips, idx, cache, cfg, step)` is the family's batch loss."""
+    state (evals, chosen steps). `loss(model, clips, idx, cache, cfg, step)` is the family's batch loss,
+    `score` its evaluation when it has one (see run_evals)."""
     import torch
 
     ckdir = out / "checkpoints"
@@ -354,7 +357,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
         return value
 
     if not state["evals"] and evals:  # the base model's scores: what every later eval is compared with
-        accelerator.print(f"base model: {format_eval(run_evals(whisper, 0, evals, cfg, state, log))}")
+        accelerator.print(f"base model: {format_eval(run_evals(whisper, 0, evals, cfg, state, log, score=score))}")
     bar = _bar(cfg, state, total_steps) if progress and accelerator.is_main_process else None
     model.train()
     clock = {"t0": time.time(), "samples0": state["samples"]}
@@ -375,7 +378,7 @@ def train_loop(cfg, whisper, hf_model, clips, evals: dict, cache, out: Path, acc
                 _report(state, clock, total_loss, scheduler, bar, log, cfg, elapsed)
                 at_eval = evals and (state["step"] % eval_every == 0 or state["step"] == total_steps)
                 if at_eval:
-                    rec = run_evals(whisper, state["step"], evals, cfg, state, log, train_s=elapsed)
+                    rec = run_evals(whisper, state["step"], evals, cfg, state, log, train_s=elapsed, score=score)
                     _judge(rec, state, cfg)
                     if bar:
                         bar.write(f"step {state['step']}: {format_eval(rec)}")

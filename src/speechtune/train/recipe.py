@@ -83,6 +83,11 @@ def _check(cfg: TrainConfig, family) -> TrainConfig:
     reporters(cfg)  # an unknown or uninstalled reporter is refused before the model loads
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise SpeechtuneError("nothing to train: set --epochs or --max-steps above 0")
+    if family.TASK != "asr":
+        if cfg.mix or cfg.no_speech_ratio:
+            raise SpeechtuneError(f"--mix and --no-speech-ratio are for recognition; {cfg.model} is a "
+                                  f"{family.NAME} model", "leave them out")
+        cfg = dataclasses.replace(cfg, eval_no_speech=False)  # a voice writes no text to hallucinate
     if cfg.lr is not None and cfg.lr <= 0:
         raise SpeechtuneError(f"option lr: must be positive, got {cfg.lr}")
     return cfg
@@ -261,7 +266,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     start = time.time()
     try:
         state = train_loop(cfg, bundle, hf_model, clips, evals, cache, out, accelerator, total, progress=progress,
-                           loss=family.loss)
+                           loss=family.loss, score=getattr(family, "score", None))
     finally:
         if cache:
             cache.clear()

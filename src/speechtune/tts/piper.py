@@ -29,6 +29,21 @@ SPEEDS = (0.25, 4.0)      # OpenAI's speed range; length_scale = the voice's len
 NOISE_SHAPE = (1, 256, 2048)  # channels x frames of each fed noise; 2048 frames ~ 24 s of audio at 22 kHz
 MAX_SENTENCE_PHONEMES = 600   # a longer sentence (no punctuation for ~40 s) is cut at a word boundary
 PEAK = 0.95               # each sentence is scaled to this peak (piper normalises to full scale)
+# piper's VITS graph computes each phoneme's length in frames as ceil(exp(logw) * length_scale) in its one
+# Ceil node; exposing that tensor gives the durations a rendition used (tts/align.py reads them)
+DURATIONS_NODE = "/Ceil_output_0"
+DURATIONS_OUTPUT = "speechtune_durations"
+
+
+def _expose_durations(model) -> bool:
+    """Add the phoneme durations (frames, [1, 1, n]) as a second graph output when the graph has them."""
+    from onnx import TensorProto, helper
+    g = model.graph
+    if not any(DURATIONS_NODE in n.output for n in g.node):
+        return False
+    g.node.append(helper.make_node("Identity", [DURATIONS_NODE], [DURATIONS_OUTPUT]))
+    g.output.append(helper.make_tensor_value_info(DURATIONS_OUTPUT, TensorProto.FLOAT, None))
+    return True
 
 
 def _patch_noise(model) -> list[str]:
@@ -58,54 +73,19 @@ def _patch_noise(model) -> list[str]:
     return names
 
 
-class PiperVoice:
-    """voice.synthesize(text, speed=1.0) -> float32 mono at voice.sample_rate. See tts/__init__.py."""
+class PiperText:
+    """A piper voice config's reading of text: normalised text -> phonemes per sentence -> phoneme ids (the
+    config's espeak voice, phoneme_map, vowel_clusters and phoneme_id_map). A FastSpeech2 voice trained on
+    a piper voice's phonemes keeps that config and reads text with this too."""
 
-    def __init__(self, onnx_path: Path, config_path: Path, name: str | None = None, aliases=(),
-                 threads: int = 0, max_chars: int = MAX_CHARS):
-        import onnx
-        import onnxruntime as ort
-        try:
-            self.config = cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
-            self.sample_rate = int(cfg["audio"]["sample_rate"])
-            self.id_map = {k: list(v) for k, v in cfg["phoneme_id_map"].items()}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SpeechtuneError(f"{config_path}: not a piper voice config ({e.__class__.__name__}: {e})",
-                                  "a piper voice is X.onnx with its X.onnx.json beside it") from None
-        if cfg.get("phoneme_type", "espeak") != "espeak":
-            raise SpeechtuneError(f"{config_path}: phoneme_type {cfg.get('phoneme_type')!r} is not supported",
-                                  "speechtune runs piper voices that read espeak-ng phonemes")
-        self.path = Path(onnx_path)
-        self.name = name or self.path.name.removesuffix(".onnx")
-        self.aliases = tuple(dict.fromkeys([self.name, *aliases]))
+    def __init__(self, cfg: dict, max_chars: int = MAX_CHARS):
+        self.id_map = {k: list(v) for k, v in cfg["phoneme_id_map"].items()}
         self.espeak_voice = cfg.get("espeak", {}).get("voice", "en-us")
         self.language = (cfg.get("language", {}) or {}).get("code") or self.espeak_voice
-        inference = cfg.get("inference", {})
-        self.noise_scale = float(inference.get("noise_scale", 0.667))
-        self.length_scale = float(inference.get("length_scale", 1.0))
-        self.noise_w = float(inference.get("noise_w", 0.8))
-        self.speakers = dict(cfg.get("speaker_id_map") or {})
-        self.num_speakers = int(cfg.get("num_speakers", 1))
         self.clusters = {tuple(c) for c in cfg.get("vowel_clusters") or []}
         self.phoneme_map = {k: list(v) for k, v in (cfg.get("phoneme_map") or {}).items()}
         self.max_chars = max_chars
-        try:
-            model = onnx.load(str(self.path))
-        except Exception as e:
-            raise SpeechtuneError(f"{self.path}: not a readable ONNX model ({e.__class__.__name__}: {e})") from None
-        self._noise_inputs = _patch_noise(model)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self.session.get_inputs()}
-        self._noise: dict[int, dict] = {}
-        self._noise_lock = threading.Lock()
 
-    def __repr__(self) -> str:
-        return f"PiperVoice({self.name!r}, {self.sample_rate} Hz, {self.path})"
-
-    # -- text -> ids --------------------------------------------------------------------------------------
     def check_text(self, text: str) -> str:
         if not isinstance(text, str) or not text.strip():
             raise SpeechtuneError("no text to speak", "pass a sentence")
@@ -138,6 +118,62 @@ class PiperVoice:
     def phoneme_ids(self, phonemes: list[str]) -> list[int]:
         return ph.phoneme_ids(phonemes, self.id_map)
 
+
+class PiperVoice:
+    """voice.synthesize(text, speed=1.0) -> float32 mono at voice.sample_rate. See tts/__init__.py."""
+
+    def __init__(self, onnx_path: Path, config_path: Path, name: str | None = None, aliases=(),
+                 threads: int = 0, max_chars: int = MAX_CHARS):
+        import onnx
+        import onnxruntime as ort
+        try:
+            self.config = cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
+            self.sample_rate = int(cfg["audio"]["sample_rate"])
+            self.text = PiperText(cfg, max_chars)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SpeechtuneError(f"{config_path}: not a piper voice config ({e.__class__.__name__}: {e})",
+                                  "a piper voice is X.onnx with its X.onnx.json beside it") from None
+        if cfg.get("phoneme_type", "espeak") != "espeak":
+            raise SpeechtuneError(f"{config_path}: phoneme_type {cfg.get('phoneme_type')!r} is not supported",
+                                  "speechtune runs piper voices that read espeak-ng phonemes")
+        self.path = Path(onnx_path)
+        self.name = name or self.path.name.removesuffix(".onnx")
+        self.aliases = tuple(dict.fromkeys([self.name, *aliases]))
+        self.id_map, self.language, self.max_chars = self.text.id_map, self.text.language, max_chars
+        inference = cfg.get("inference", {})
+        self.noise_scale = float(inference.get("noise_scale", 0.667))
+        self.length_scale = float(inference.get("length_scale", 1.0))
+        self.noise_w = float(inference.get("noise_w", 0.8))
+        self.speakers = dict(cfg.get("speaker_id_map") or {})
+        self.num_speakers = int(cfg.get("num_speakers", 1))
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as e:
+            raise SpeechtuneError(f"{self.path}: not a readable ONNX model ({e.__class__.__name__}: {e})") from None
+        self._noise_inputs = _patch_noise(model)
+        self.has_durations = _expose_durations(model)
+        self.hop_length = int(cfg["audio"].get("hop_length", 256))  # samples per frame (piper's medium voices)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self._noise: dict[int, dict] = {}
+        self._noise_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PiperVoice({self.name!r}, {self.sample_rate} Hz, {self.path})"
+
+    # -- text -> ids (PiperText) -------------------------------------------------------------------------
+    def check_text(self, text: str) -> str:
+        return self.text.check_text(text)
+
+    def phonemize(self, text: str) -> list[list[str]]:
+        return self.text.phonemize(text)
+
+    def phoneme_ids(self, phonemes: list[str]) -> list[int]:
+        return self.text.phoneme_ids(phonemes)
+
     # -- ids -> audio -------------------------------------------------------------------------------------
     def _noise_feeds(self, seed: int) -> dict:
         with self._noise_lock:
@@ -162,15 +198,23 @@ class PiperVoice:
                               f"choose from: {', '.join(self.speakers) or f'0-{self.num_speakers - 1}'}")
 
     def synthesize_ids(self, ids: list[int], speed: float = 1.0, seed: int = 0, speaker=None) -> np.ndarray:
+        return self.render_ids(ids, speed, seed, speaker)[0]
+
+    def render_ids(self, ids: list[int], speed: float = 1.0, seed: int = 0,
+                   speaker=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(audio, frames per id) for one sentence's ids; the durations are None for a graph without them.
+        The audio is sum(durations) x hop_length samples long."""
         feeds = {"input": np.array([ids], dtype=np.int64), "input_lengths": np.array([len(ids)], dtype=np.int64),
                  "scales": np.array([self.noise_scale, self.length_scale / speed, self.noise_w], dtype=np.float32),
                  **self._noise_feeds(seed)}
         sid = self.speaker_id(speaker)
         if "sid" in self._inputs:
             feeds["sid"] = np.array([sid or 0], dtype=np.int64)
-        audio = self.session.run(None, feeds)[0].reshape(-1).astype(np.float32)
+        outputs = self.session.run(None, feeds)
+        audio = outputs[0].reshape(-1).astype(np.float32)
+        durations = outputs[1].reshape(-1).astype(np.int64) if self.has_durations else None
         peak = float(np.abs(audio).max()) if audio.size else 0.0
-        return audio * (PEAK / peak) if peak > 1e-6 else np.zeros_like(audio)
+        return (audio * (PEAK / peak) if peak > 1e-6 else np.zeros_like(audio)), durations
 
     def synthesize(self, text: str, speed: float = 1.0, seed: int = 0, speaker=None) -> np.ndarray:
         """Text -> float32 mono waveform at `sample_rate`. speed in 0.25-4.0 (OpenAI's range)."""

@@ -1,0 +1,147 @@
+"""The text-to-speech family: FastSpeech2Conformer voices (transformers) that read a piper voice's phonemes.
+
+A voice is trained from a spec that is either a size name (`fastspeech2-tiny`: a fresh model, for a voice
+learnt from the recordings alone) or a voice folder `speechtune train` wrote (fine-tuned further). The base
+piper voice (`train --voice`, default the bundled joe) gives the phoneme ids and, by reading each
+transcript, the phoneme durations of each recording (tts/align.py). One mode, `full`.
+
+Evaluations judge what users hear, not the loss: each valid sentence is synthesized (Griffin-Lim) and
+transcribed by the bundled Whisper; the error rate is that transcript's CER against the text
+(intelligibility), so the best checkpoint is the one Whisper understands best.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+from ..errors import SpeechtuneError
+
+NAME = "tts"
+TASK = "tts"            # what the family's models do: "asr" models transcribe, "tts" models speak
+MODEL_TYPES = ("fastspeech2_conformer",)
+NAMED_MODELS = ("fastspeech2-tiny",)   # specs that name a fresh model instead of a folder
+MODES = ("full",)
+# a fresh FastSpeech2 learns at FastSpeech2's usual peak (ESPnet's Noam schedule peaks near 1e-3); a trained
+# voice is moved less
+DEFAULT_LR = {"full": 1e-3}
+FINE_TUNE_LR = 2e-4
+EXPORT_FORMATS = ()
+# Whisper that judges intelligibility: the bundled English-only tiny for English, the multilingual base else
+JUDGE = {"en": "tiny.en", None: "base"}
+
+
+@dataclasses.dataclass
+class VoiceBundle:
+    model: object        # transformers.FastSpeech2ConformerModel
+    base_voice: object   # the piper voice whose phonemes and readings the voice learns with
+    phonemes: dict       # its config (phonemes.json of the saved folder)
+    meta: dict           # speechtune_voice.json
+    path: Path | None
+    fresh: bool
+    processor: object = None
+    multilingual: bool = False
+
+
+def load(spec, device: str | None = None, dtype=None, base_voice: str | None = None):
+    """A VoiceBundle for a size name (fresh model) or a FastSpeech2 voice folder."""
+    from ..tts import load_voice
+    from ..tts.fastspeech import FastSpeechVoice, is_voice_folder, new_model
+    if str(spec) in NAMED_MODELS:
+        voice = load_voice(base_voice or "joe")
+        model = new_model(int(voice.config.get("num_symbols") or 1 + max(max(v) for v in voice.id_map.values())),
+                          str(spec))
+        meta = {"name": str(spec), "sample_rate": voice.sample_rate, "base_voice": base_voice or "joe",
+                "vocoder": "griffin-lim"}
+        return VoiceBundle(model.to(device or "cpu"), voice, voice.config, meta, None, fresh=True)
+    path = Path(str(spec)).expanduser()
+    if not is_voice_folder(path):
+        raise SpeechtuneError(f"model '{spec}': not a FastSpeech2 voice folder written by speechtune",
+                              f"start from {' or '.join(NAMED_MODELS)}, or a folder `speechtune train` wrote")
+    v = FastSpeechVoice.load(path)
+    voice = load_voice(base_voice or v.meta.get("base_voice") or "joe")
+    phonemes = voice.config
+    if {k: list(x) for k, x in phonemes["phoneme_id_map"].items()} != v.text.id_map:
+        raise SpeechtuneError(f"{path}: its phonemes are not those of voice {voice.name}",
+                              f"train with --voice {v.meta.get('base_voice')}, the voice it learnt from")
+    return VoiceBundle(v.model.to(device or "cpu"), voice, phonemes, dict(v.meta), path, fresh=False)
+
+
+def resolve(spec) -> Path:
+    return Path(str(spec)).expanduser()
+
+
+def load_for_training(cfg, rows: list[dict], device: str | None = None, dtype=None):
+    return load(cfg.model, device=device, base_voice=cfg.voice)
+
+
+def default_lr(cfg, bundle) -> float:
+    return DEFAULT_LR[cfg.mode] if bundle.fresh else FINE_TUNE_LR
+
+
+def clips(rows: list[dict], bundle, cfg):
+    """The training split (tts/dataset.py); its pitch and energy statistics go into the saved voice."""
+    from ..tts.dataset import VoiceClips
+    stats = None if bundle.fresh else bundle.meta.get("stats")
+    split = VoiceClips(rows, bundle.base_voice, stats=stats)
+    bundle.meta["stats"] = split.stats
+    return split
+
+
+def setup_training(cfg, model):
+    for p in model.parameters():
+        p.requires_grad = True
+    return None
+
+
+def encoder_cache(cfg, model, out: Path, autocast):
+    return None
+
+
+def loss(model, clips, idx, cache, cfg, step):
+    batch = {k: v.to(model.device) for k, v in clips.batch(idx).items()}
+    return model(**batch, return_dict=True).loss
+
+
+def save(model, peft_model, bundle, folder: Path) -> None:
+    from ..tts.fastspeech import write_folder
+    write_folder(folder, model, bundle.meta, bundle.phonemes)
+
+
+@functools.lru_cache(maxsize=2)
+def _judge(spec: str):
+    from ..runtimes import load_runtime
+    return load_runtime(spec)
+
+
+def voice_of(bundle):
+    """The bundle's model as a voice (the surface of tts/__init__.py), sharing its weights."""
+    from ..tts.fastspeech import FastSpeechVoice
+    return FastSpeechVoice(bundle.model, bundle.phonemes, bundle.meta, path=bundle.path)
+
+
+def intelligibility(voice, texts: list[str], language: str | None = "en", batch_size: int = 16) -> tuple[list[str], dict]:
+    """(what Whisper hears in `voice` reading each text, score_corpus's CER figures)."""
+    from ..audio import SAMPLE_RATE, resample
+    from ..metrics.score import score_corpus
+    from ..runtimes import DecodingOptions, transcribe_many
+    lang = "en" if (language or "en").startswith("en") else language
+    runtime = _judge(JUDGE["en"] if lang == "en" else JUDGE[None])
+    wavs = [resample(voice.synthesize(t), voice.sample_rate, SAMPLE_RATE) for t in texts]
+    # one greedy decoding, as TTS papers score intelligibility: the temperature fallback would spend minutes
+    # re-decoding an untrained voice's noise, and it is what a listener hears that counts, not a rescue
+    options = DecodingOptions(batch_size=batch_size, safeguards=False)
+    hyps = transcribe_many(runtime, wavs, options, [lang] * len(texts))
+    return hyps, score_corpus(texts, hyps, language=[lang] * len(texts), metric="cer")
+
+
+def score(bundle, eval_set: dict, cfg) -> dict:
+    """An evaluation of the voice being trained: intelligibility CER on the set's texts (see the module doc)."""
+    was_training = bundle.model.training
+    bundle.model.eval()
+    try:
+        hyps, s = intelligibility(voice_of(bundle), eval_set["refs"], (eval_set["languages"] or ["en"])[0],
+                                  cfg.eval_batch_size)
+    finally:
+        bundle.model.train(was_training)
+    return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}
