@@ -133,3 +133,24 @@ def test_recognition_options_are_refused_for_a_voice(recordings, tmp_path):
     from speechtune.train.recipe import train
     with pytest.raises(SpeechtuneError, match="for recognition"):
         train(_cfg("fastspeech2-tiny", recordings, tmp_path / "o", no_speech_ratio=0.1), progress=False)
+
+
+def test_a_trained_voice_folder_is_served_through_the_openai_client(tmp_path, joe):
+    """`serve --voice FOLDER`: /v1/audio/speech speaks with a FastSpeech2 voice, the same samples as the
+    voice itself gives (a random model here: what counts is the path, not the sound)."""
+    import io
+
+    import openai
+    import soundfile as sf
+
+    from speechtune.serve.recipe import start_server
+    from speechtune.tts import load_voice
+    folder = _tiny_voice(tmp_path / "voice", joe)
+    expected = load_voice(folder).synthesize("Good morning.")
+    with start_server("", voice=str(folder), api_key="k") as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
+        data = client.audio.speech.create(model="tts-1", voice=str(folder), input="Good morning.",
+                                          response_format="wav").content
+    wav, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == 22050 and len(wav) == len(expected)
+    np.testing.assert_allclose(wav, expected, atol=2 / 32768)  # 16-bit WAV: rounding and 32767 vs 32768 scale

@@ -265,7 +265,26 @@ def hallucination_failure(result: dict) -> str | None:
     return f"the tuned model {' and '.join(why)} than the base" if why else None
 
 
+def both_voices(base, tuned) -> bool:
+    """Whether --base and --tuned are both voices (text to speech), which compare judges as voices."""
+    from .tts import is_voice
+    return is_voice(base) and is_voice(tuned)
+
+
+def voice_main(args) -> int:
+    """compare for two voices: tts/judge.py on the test sentences of --data (a prepared folder or manifest)."""
+    from .tts import load_voice
+    from .tts.judge import judge_voices
+    r = judge_voices(load_voice(args.base), load_voice(args.tuned), args.data, out=args.out,
+                     language=args.language, n_resamples=args.resamples, seed=args.seed)
+    print(r["verdict_line"])
+    print(f"report: {Path(args.out) / 'report.html'} (metrics.json, predictions.jsonl, audio/ beside it)")
+    return 0
+
+
 def main(args) -> int:
+    if both_voices(args.base, args.tuned):
+        return voice_main(args)
     r = compare(args.base, args.tuned, args.data, guard=args.guard, guard_threshold=args.guard_threshold,
                 out=args.out, options=decoding_options(args), metric=args.metric, n_resamples=args.resamples,
                 seed=args.seed, device=args.device, no_speech=args.no_speech, terms=args.terms)

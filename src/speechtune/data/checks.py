@@ -24,8 +24,8 @@ REASONS = {
     "empty_audio": "the audio file is 0 bytes or decodes to zero samples",
     "non_finite": "the audio contains NaN or infinite samples",
     "bad_segment": "segment start/end lie outside the recording, or end <= start",
-    "too_short": "shorter than --min-duration (default 0.3 s)",
-    "too_long": "longer than --max-duration (default 30 s, Whisper's input window)",
+    "too_short": "shorter than --min-duration (default 0.3 s; 1 s with --task tts)",
+    "too_long": "longer than --max-duration (default 30 s, Whisper's input window; 15 s with --task tts)",
     "silent": "the loudest 30 ms frame is below --silence-db (default -55 dBFS RMS)",
     "rate_mismatch": "characters per second of speech are implausible for the language "
                      "(likely the wrong transcript for this audio)",

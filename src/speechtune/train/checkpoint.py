@@ -1,6 +1,7 @@
 """Checkpoints a kill -9 cannot break: each is written into a temporary folder, then renamed into place.
 
-A checkpoint is `checkpoints/step-000120/` holding `weights.safetensors` (the trainable tensors only: the
+A checkpoint is `checkpoints/step-000120/` holding `weights.safetensors` (the trainable tensors only, with
+the buffers of their modules: the
 whole model in `full` mode, the decoder when the encoder is frozen, the adapter in `lora` mode; the rest comes
 from the base model) and `trainer.pt` (optimizer, scheduler, step, data position, RNG states, eval history).
 Folders whose name is not `step-N` (an interrupted save) are ignored and swept away.
@@ -36,8 +37,19 @@ def set_rng_state(state: dict) -> None:
 
 
 def trainable_state(model) -> dict:
+    """The trainable parameters, and the buffers of the modules that own them: a trained BatchNorm's running
+    statistics change with its weights (FastSpeech2's postnet), and without them a resumed run or the chosen
+    checkpoint would not be the model that was evaluated."""
     # named_parameters lists a tied weight once (proj_out shares the token embedding).
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    out = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    saved = None  # the state_dict's names: a non-persistent buffer is not part of the model's state
+    for prefix, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, b in module.named_buffers(prefix=prefix, recurse=False):
+                saved = saved if saved is not None else set(model.state_dict(keep_vars=True))
+                if name in saved:
+                    out[name] = b.detach().to("cpu").contiguous()
+    return out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -103,7 +115,7 @@ def load(path: Path) -> tuple[dict, dict]:
 
 
 def load_weights(model, weights: dict) -> None:
-    missing = set(weights) - {n for n, _ in model.named_parameters()}
+    missing = set(weights) - set(model.state_dict(keep_vars=True))
     if missing:
         raise RuntimeError(f"checkpoint tensors not in the model: {sorted(missing)[:5]}")
     model.load_state_dict(weights, strict=False)

@@ -105,7 +105,7 @@ def load_voice(spec, threads: int = 0, max_chars: int = MAX_CHARS):
     """A loaded voice for any spec (see resolve_voice); `threads` for onnxruntime or torch (0: all cores)."""
     onnx, config, name, aliases = resolve_voice(spec)
     if onnx.is_dir():
-        return FastSpeechVoice.load(onnx, threads=threads, max_chars=max_chars)
+        return FastSpeechVoice.load(onnx, threads=threads, max_chars=max_chars, aliases=aliases)
     return PiperVoice(onnx, config, name=name, aliases=aliases, threads=threads, max_chars=max_chars)
 
 

@@ -78,17 +78,18 @@ class FastSpeechVoice:
     Deterministic: the model runs in eval mode (no dropout) and Griffin-Lim starts from a fixed phase, so
     `seed` changes nothing; it is accepted for the common surface."""
 
-    def __init__(self, model, phonemes: dict, meta: dict, path: Path | None = None, max_chars: int = MAX_CHARS):
+    def __init__(self, model, phonemes: dict, meta: dict, path: Path | None = None, max_chars: int = MAX_CHARS,
+                 aliases=()):
         self.model, self.meta, self.path = model, meta, Path(path) if path else None
         self.name = meta.get("name") or (self.path.name if self.path else "fastspeech2")
-        self.aliases = (self.name,)
+        self.aliases = tuple(dict.fromkeys([self.name, *aliases]))
         self.sample_rate = int(meta["sample_rate"])
         self.text = PiperText(phonemes, max_chars)
         self.language, self.max_chars = self.text.language, max_chars
         self._lock = threading.Lock()  # speaking_speed is set on the shared config for one call
 
     @classmethod
-    def load(cls, folder: Path, threads: int = 0, max_chars: int = MAX_CHARS) -> "FastSpeechVoice":
+    def load(cls, folder: Path, threads: int = 0, max_chars: int = MAX_CHARS, aliases=()) -> "FastSpeechVoice":
         import torch
         from transformers import FastSpeech2ConformerModel
         meta, phonemes = read_folder(folder)
@@ -99,7 +100,7 @@ class FastSpeechVoice:
         except (OSError, ValueError) as e:
             raise SpeechtuneError(f"{folder}: the FastSpeech2 weights do not load ({e.__class__.__name__})",
                                   "re-run `speechtune train`, which writes a complete folder") from None
-        return cls(model.eval(), phonemes, meta, path=folder, max_chars=max_chars)
+        return cls(model.eval(), phonemes, meta, path=folder, max_chars=max_chars, aliases=aliases)
 
     def __repr__(self) -> str:
         return f"FastSpeechVoice({self.name!r}, {self.sample_rate} Hz, {self.path})"

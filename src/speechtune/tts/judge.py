@@ -59,7 +59,7 @@ def judge_voices(base_voice, tuned_voice, data, out: str | Path | None = None, w
     clips; `language`: for lines that give none (else guessed from the script; Latin script is English).
     Returns the metrics.json dict plus `per_sentence` (predictions.jsonl's rows); writes the report under
     `out` when given. User mistakes (no sentences, a missing recording, too few resamples) are
-    SpeechtuneErrors, raised before any model runs."""
+    SpeechtuneErrors, raised before anything is synthesized."""
     if n_resamples < MIN_RESAMPLES:
         raise SpeechtuneError(f"--resamples {n_resamples} is too few for a 95% interval",
                               f"use {MIN_RESAMPLES} or more")
@@ -69,9 +69,12 @@ def judge_voices(base_voice, tuned_voice, data, out: str | Path | None = None, w
     voices = dict(zip(SIDES, (base_voice, tuned_voice)))
     native = {side: synthesize_all(v, rows, where) for side, v in voices.items()}
     clips = {side: [resample(w, voices[side].sample_rate, SAMPLE_RATE) for w in native[side]] for side in SIDES}
+    # Speaker embeddings (torch) before Whisper (CTranslate2): on a busy CPU, torch ran 10x slower in a
+    # process where a CTranslate2 model had come and gone.
+    similarity = similarities(refs, clips)
     whisper_name, hyps = hear(whisper, clips, languages)
-    per = {side: measure(refs, clips[side], [r["text"] for r in rows], hyps[side], languages) for side in SIDES}
-    per = {side: per[side] | {"similarity": s} for side, s in similarities(refs, clips).items()}
+    per = {side: measure(refs, clips[side], [r["text"] for r in rows], hyps[side], languages)
+           | {"similarity": similarity[side]} for side in SIDES}
     result = summarize(where, voices, per, whisper_name, n_resamples, seed)
     sentences = sentence_rows(rows, languages, voices, clips, hyps, per)
     if out is not None:
