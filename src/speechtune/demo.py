@@ -2,6 +2,7 @@
 
     speechtune demo              # English medical terms on bundled tiny.en
     speechtune demo --lang zh    # Mandarin medical terms on bundled multilingual base
+    speechtune demo --task tts   # a voice: recordings -> a trained FastSpeech2 voice -> proof -> serve (demo_tts.py)
 
 Every step is the same Python function the CLI commands call; the output folder keeps what each wrote.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .errors import SpeechtuneError
 from .files import write_json, write_jsonl
+from .steps import Steps
 
 MODELS = {"en": "tiny.en", "zh": "base"}
 # Sizes: "full" is the real demo; "small" keeps the same steps at a size CI can afford.
@@ -21,21 +23,6 @@ SIZES = {"full": dict(n_train=60, n_valid=6, n_test=20, renditions=2, epochs=5),
          "small": dict(n_train=40, n_valid=4, n_test=10, renditions=2, epochs=3)}
 TRAIN_VOICES = {"en": ["m1", "f3", "m3"], "zh": ["m1", "f3", "m3"]}
 DEMO_LR = {"en": 4e-5, "zh": 4e-5}
-
-
-class Steps:
-    """Wall time of each step, shown as it goes and in the final summary."""
-
-    def __init__(self, console):
-        self.console, self.times, self._t = console, {}, None
-
-    def start(self, n: int, title: str) -> None:
-        self.console.rule(f"[bold]{n}. {title}")
-        self._t, self._name = time.perf_counter(), title
-
-    def done(self) -> float:
-        self.times[self._name] = time.perf_counter() - self._t
-        return self.times[self._name]
 
 
 def _synth(lang: str, out: Path, size: dict, seed: int) -> tuple[Path, Path]:
@@ -265,6 +252,8 @@ def _print_summary(console, r: dict) -> None:
 
 
 def add_arguments(p) -> None:
+    p.add_argument("--task", default="asr", choices=["asr", "tts"],
+                   help="asr: fine-tune recognition (default); tts: train a voice (speechtune.demo_tts)")
     p.add_argument("--lang", default="en", choices=sorted(MODELS), help="en: tiny.en on medical English; zh: base on Mandarin")
     p.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
     p.add_argument("--size", default="full", choices=sorted(SIZES), help="small: fewer clips (what CI runs)")
@@ -272,5 +261,9 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    if args.task == "tts":
+        from .demo_tts import run_tts_demo
+        report = run_tts_demo("demo_tts_out" if args.out == "demo_out" else args.out, args.size, args.seed)
+        return 0 if report["verdict"] != "worse" else 1
     report = run_demo(args.lang, args.out, args.size, args.seed)
     return 0 if report["verdict"] == "improved" else 1

@@ -1,4 +1,5 @@
-"""Export a model to CTranslate2 (faster-whisper; Whisper) or ONNX (Whisper, CTC), with a WER parity check.
+"""Export a model to CTranslate2 (faster-whisper; Whisper) or ONNX (Whisper, CTC, FastSpeech2 voices), with a
+parity check: WER/CER for recognition models (with --data), log-mel frames for voices (always; see onnx_tts).
 
 The output folder is complete and self-contained: the exported weights, the tokenizer and feature settings,
 speechtune_export.json (what `speechtune serve` reads) and export_summary.json (sizes on disk, and with
@@ -7,6 +8,7 @@ end, so an interrupted or failed export (parity included) leaves nothing at --ou
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,12 +18,15 @@ from pathlib import Path
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
 from ..files import temp_dir_beside, write_json
-from ..runtimes import EXPORT_META, DecodingOptions, load_runtime
+from ..runtimes import EXPORT_META, DecodingOptions, export_meta, load_runtime
 
 FORMATS = ("ct2", "onnx")
 # Allowed error-rate difference, exported vs PyTorch, in percentage points: int8 flips a word now and then,
 # which on a test set of hundreds of clips stays well under half a point.
 MAX_WER_DELTA_PT = 0.5
+# (family, format) -> the module and function that write it: a format a family lists in EXPORT_FORMATS
+EXPORTERS = {("whisper", "ct2"): ("ct2", "export_ct2"), ("whisper", "onnx"): ("onnx", "export_onnx"),
+             ("ctc", "onnx"): ("onnx_ctc", "export_ctc_onnx"), ("tts", "onnx"): ("onnx_tts", "export_tts_onnx")}
 
 
 def add_arguments(p) -> None:
@@ -32,9 +37,11 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--quantization", help="ct2: int8 (default) | int8_float32 | int8_float16 | float16 | "
                                           "float32; onnx: float32 (default) | int8 (dynamic, weights only)")
-    p.add_argument("--data", help="test manifest (.jsonl): run the parity check on it")
-    p.add_argument("--max-wer-delta", type=float, default=MAX_WER_DELTA_PT,
-                   help=f"allowed WER (or CER) difference, exported vs PyTorch, in points (default: {MAX_WER_DELTA_PT})")
+    p.add_argument("--data", help="test manifest (.jsonl): run the parity check on it (a voice: a prepared "
+                                  "folder or manifest whose test texts it reads; else built-in sentences)")
+    p.add_argument("--max-wer-delta", type=float, default=None,
+                   help=f"allowed WER (or CER) difference, exported vs PyTorch, in points (default: {MAX_WER_DELTA_PT}"
+                        f"; a voice's int8 intelligibility CER: 5)")
     add_dataclass_args(p, DecodingOptions, skip=tuple(f for f in DecodingOptions.__dataclass_fields__
                                                       if f not in ("language", "batch_size")))
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -50,15 +57,23 @@ def _source_size(model_dir: Path) -> int:
 
 
 def _exporter(family: str, fmt: str):
-    """The function that writes `fmt` for a model of `family` (one line per pair a family lists)."""
-    if (family, fmt) == ("whisper", "ct2"):
-        from .ct2 import export_ct2
-        return export_ct2
-    if (family, fmt) == ("whisper", "onnx"):
-        from .onnx import export_onnx
-        return export_onnx
-    from .onnx_ctc import export_ctc_onnx
-    return export_ctc_onnx
+    """The function that writes `fmt` for a model of `family` (EXPORTERS)."""
+    module, name = EXPORTERS[(family, fmt)]
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
+def _parity(family: str, model_dir: Path, target: Path, quantization: str, data, max_wer_delta: float | None,
+            options: DecodingOptions | None, progress: bool) -> dict | None:
+    """The family's parity check of the export in `target` (raises ParityError), or None when it has none
+    to run: a recognition model is checked on --data only, a voice always."""
+    if family == "tts":
+        from .onnx_tts import check_voice
+        return check_voice(model_dir, target, quantization, data, max_wer_delta, progress)
+    if not data:
+        return None
+    from .parity import check
+    delta = MAX_WER_DELTA_PT if max_wer_delta is None else max_wer_delta
+    return check(model_dir, load_runtime(target), data, delta, options, progress)
 
 
 def convert(model_dir: Path, target: Path, fmt: str, quantization: str, source, family: str = "whisper") -> dict:
@@ -74,13 +89,18 @@ def convert(model_dir: Path, target: Path, fmt: str, quantization: str, source, 
     return meta
 
 
-def export(model, fmt: str, out, quantization: str | None = None, data=None, max_wer_delta: float = MAX_WER_DELTA_PT,
+def export(model, fmt: str, out, quantization: str | None = None, data=None, max_wer_delta: float | None = None,
            options: DecodingOptions | None = None, overwrite: bool = False, progress: bool = True) -> dict:
-    """Export `model` (any spec) into `out`; returns the summary (also written as export_summary.json)."""
+    """Export `model` (any spec) into `out`; returns the summary (also written as export_summary.json).
+    `max_wer_delta` None: the family's default tolerance (MAX_WER_DELTA_PT; onnx_tts.MAX_CER_DELTA_PT)."""
     from ..families import family_for
 
     if fmt not in FORMATS:
         raise SpeechtuneError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
+    done = export_meta(model)
+    if done.get("family") == "tts":  # an exported voice holds no weights to export; its source does
+        raise SpeechtuneError(f"{model} is already an export ({done.get('format')}, {done.get('quantization')})",
+                              f"export the folder it was made from: {done.get('source_dir')}")
     family = family_for(model)
     if fmt not in family.EXPORT_FORMATS:
         raise SpeechtuneError(f"{model}: a {family.NAME} model exports to {', '.join(family.EXPORT_FORMATS)}, "
@@ -98,9 +118,8 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
         summary = {**meta, "export_s": round(time.perf_counter() - t0, 2),
                    "size_bytes": {"source": _source_size(model_dir), "export": dir_size(target)},
                    "parity": None}
-        if data:
-            from .parity import check
-            summary["parity"] = check(model_dir, load_runtime(target), data, max_wer_delta, options, progress)
+        summary["parity"] = _parity(family.NAME, model_dir, target, quantization, data, max_wer_delta, options,
+                                    progress)
         summary["size_mb"] = {k: round(v / 2**20, 2) for k, v in summary["size_bytes"].items()}
         write_json(target / "export_summary.json", summary)
         if out.exists():
@@ -119,7 +138,10 @@ def main(args) -> int:
     print(f"exported {args.model} -> {args.out} ({args.format}, {summary['quantization']}): "
           f"{mb['export']:.1f} MB on disk (source weights {mb['source']:.1f} MB)")
     p = summary["parity"]
-    if p:
+    if p and summary["family"] == "tts":
+        from .onnx_tts import parity_line
+        print(f"parity on {p['data']}: {parity_line(p)}: ok")
+    elif p:
         m = p["metric"].upper()
         print(f"parity on {p['data']} ({p['clips']} clips): PyTorch {m} {100 * p['pytorch']['error_rate']:.2f}% "
               f"RTF {p['pytorch']['rtf']:.3f} | exported {m} {100 * p['exported']['error_rate']:.2f}% "

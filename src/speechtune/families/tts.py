@@ -26,9 +26,7 @@ MODES = ("full",)
 # voice is moved less
 DEFAULT_LR = {"full": 1e-3}
 FINE_TUNE_LR = 2e-4
-EXPORT_FORMATS = ()
-# Whisper that judges intelligibility: the bundled English-only tiny for English, the multilingual base else
-JUDGE = {"en": "tiny.en", None: "base"}
+EXPORT_FORMATS = ("onnx",)
 
 
 @dataclasses.dataclass
@@ -109,9 +107,11 @@ def save(model, peft_model, bundle, folder: Path) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _judge(spec: str):
+def _judge(language: str):
+    """The Whisper that hears a voice in `language`, as compare's (tts.judge.whisper_spec), loaded once."""
     from ..runtimes import load_runtime
-    return load_runtime(spec)
+    from ..tts.judge import whisper_spec
+    return load_runtime(whisper_spec("auto", [language])[1])
 
 
 def voice_of(bundle):
@@ -120,18 +120,16 @@ def voice_of(bundle):
     return FastSpeechVoice(bundle.model, bundle.phonemes, bundle.meta, path=bundle.path)
 
 
-def intelligibility(voice, texts: list[str], language: str | None = "en", batch_size: int = 16) -> tuple[list[str], dict]:
-    """(what Whisper hears in `voice` reading each text, score_corpus's CER figures)."""
+def intelligibility(voice, texts: list[str], language: str | None = "en") -> tuple[list[str], dict]:
+    """(what Whisper hears in `voice` reading each text, score_corpus's CER figures), decoded as compare
+    decodes it (tts.judge.HEARING)."""
     from ..audio import SAMPLE_RATE, resample
     from ..metrics.score import score_corpus
-    from ..runtimes import DecodingOptions, transcribe_many
+    from ..runtimes import transcribe_many
+    from ..tts.judge import HEARING
     lang = "en" if (language or "en").startswith("en") else language
-    runtime = _judge(JUDGE["en"] if lang == "en" else JUDGE[None])
     wavs = [resample(voice.synthesize(t), voice.sample_rate, SAMPLE_RATE) for t in texts]
-    # one greedy decoding, as TTS papers score intelligibility: the temperature fallback would spend minutes
-    # re-decoding an untrained voice's noise, and it is what a listener hears that counts, not a rescue
-    options = DecodingOptions(batch_size=batch_size, safeguards=False)
-    hyps = transcribe_many(runtime, wavs, options, [lang] * len(texts))
+    hyps = transcribe_many(_judge(lang), wavs, HEARING, [lang] * len(texts))
     return hyps, score_corpus(texts, hyps, language=[lang] * len(texts), metric="cer")
 
 
@@ -140,8 +138,7 @@ def score(bundle, eval_set: dict, cfg) -> dict:
     was_training = bundle.model.training
     bundle.model.eval()
     try:
-        hyps, s = intelligibility(voice_of(bundle), eval_set["refs"], (eval_set["languages"] or ["en"])[0],
-                                  cfg.eval_batch_size)
+        hyps, s = intelligibility(voice_of(bundle), eval_set["refs"], (eval_set["languages"] or ["en"])[0])
     finally:
         bundle.model.train(was_training)
     return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}

@@ -6,7 +6,9 @@ gradient clipping, optimizer step) under an Accelerator's autocast and GradScale
 estimate's FLOPs per step count. What differs, because this
 measures rather than trains: the weights are random (unless asked for) and one random batch of the planned
 shape is repeated, there is no learning-rate schedule, and the model is set up here for any family the
-planner knows (wav2vec2/HuBERT too), not by the Whisper family's setup_training.
+planner knows (wav2vec2/HuBERT too), not by the Whisper family's setup_training. A voice (tts family) runs the
+family's own loss (families.tts.loss) on a random batch of the planned shape: phoneme ids, durations that sum
+to the frames, mel labels, pitch and energy.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from ..audio import SAMPLE_RATE, WINDOW_S
 from ..errors import SpeechtuneError
 from . import catalog
 from .info import ModelInfo, gpu_catalog_name, model_info
-from .memory import GiB, conv_lengths, flops, lora_sites, memory
-from .setup import Setup, setup_from_options, split_options
+from .memory import GiB, conv_lengths, flops, lora_sites, memory, tts_shape
+from .setup import Setup, check_family, setup_from_options, split_options
 
 
 def _proc_bytes(key: str, path: str = "/proc/self/status") -> int | None:
@@ -72,6 +74,8 @@ def _training_config(info: ModelInfo, s: Setup):
     if info.family == "whisper":
         config.max_source_positions = max(1, round(config.max_source_positions * s.audio_seconds / WINDOW_S))
         return config, transformers.WhisperForConditionalGeneration
+    if info.family == "tts":
+        return config, transformers.FastSpeech2ConformerModel
     config.layerdrop = 0.0                   # every layer runs, as the estimate assumes
     config.mask_time_prob = 0.0
     return config, {"wav2vec2": transformers.Wav2Vec2ForCTC, "hubert": transformers.HubertForCTC}[config.model_type]
@@ -96,7 +100,7 @@ def _build_model(info: ModelInfo, s: Setup, config, cls, device: str, load_weigh
     elif s.mode != "full" and info.family == "ctc":
         # also for LoRA: otherwise wav2vec2 marks the CNN input as requiring grad and records it all
         model.freeze_feature_encoder()
-    if s.gradient_checkpointing:
+    if s.gradient_checkpointing and info.family != "tts":   # FastSpeech2Conformer has none (see plan.memory)
         set_checkpointing(model, True)
     if s.mode == "lora":
         import peft
@@ -111,6 +115,8 @@ def _random_batch(info: ModelInfo, config, s: Setup, device: str) -> dict:
     import torch
     B = s.batch_size
     g = torch.Generator().manual_seed(0)
+    if info.family == "tts":
+        return {k: v.to(device) for k, v in voice_batch(info, config, s, g).items()}
     if info.family == "whisper":
         L = min(s.label_tokens, config.max_target_positions)
         batch = {"input_features": torch.randn(B, config.num_mel_bins, 2 * config.max_source_positions,
@@ -125,10 +131,45 @@ def _random_batch(info: ModelInfo, config, s: Setup, device: str) -> dict:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
+def voice_batch(info: ModelInfo, config, s: Setup, generator) -> dict:
+    """A voice's micro-batch as tts.dataset.VoiceClips.batch makes it, at the planned shape: every clip
+    `label_tokens` ids long, their durations spread evenly over the clip's frames (they sum to the frames, as
+    the aligner's do), random log-mel labels, standardised pitch and energy."""
+    import torch
+    B, (n, T) = s.batch_size, tts_shape(info, s)
+    durations = torch.full((B, n), T // n, dtype=torch.long)
+    durations[:, : T - (T // n) * n] += 1
+    return {"input_ids": torch.randint(1, config.vocab_size, (B, n), generator=generator),
+            "attention_mask": torch.ones(B, n, dtype=torch.long),
+            "spectrogram_labels": torch.randn(B, T, config.num_mel_bins, generator=generator),
+            "duration_labels": durations, "pitch_labels": torch.randn(B, n, 1, generator=generator),
+            "energy_labels": torch.randn(B, n, 1, generator=generator)}
+
+
+class _FixedClips:
+    """The training split the tts family's loss reads, holding one prepared batch: clips.batch(idx) -> it."""
+
+    def __init__(self, batch: dict):
+        self._batch = batch
+
+    def batch(self, idx) -> dict:
+        return self._batch
+
+
+def _loss_of(info: ModelInfo, model, batch: dict):
+    """The micro-batch loss the step backpropagates: the tts family's own (families.tts.loss), else the
+    model output's loss, as the Whisper and CTC families' losses are."""
+    if info.family == "tts":
+        from ..families import tts
+        clips = _FixedClips(batch)
+        return lambda idx: tts.loss(model, clips, idx, None, None, 0)
+    return lambda idx: model(**batch).loss
+
+
 def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = False):
     """The model set up for the mode, its optimizer, and a function that runs one training step of
     speechtune train's (train.loop.train_step: `grad_accum` micro-batches, clipping, AdamW) on a random batch."""
-    from ..families import ctc, whisper
+    from ..families import ctc, tts, whisper
     from ..train.config import train_default
     from ..train.loop import adamw, new_accelerator, train_step
 
@@ -137,7 +178,7 @@ def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = 
     batch = _random_batch(info, config, s, device)
     accelerator = new_accelerator({"fp32": "no"}.get(s.precision, s.precision),
                                   cpu=not str(device).startswith("cuda"))
-    family = ctc if info.family == "ctc" else whisper
+    family = {"ctc": ctc, "tts": tts}.get(info.family, whisper)
     optimizer = adamw(model, family.DEFAULT_LR.get(s.mode, min(family.DEFAULT_LR.values())),
                       train_default("weight_decay"))
     # the model stays on `device` (accelerate would pick its own GPU)
@@ -145,10 +186,12 @@ def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = 
     group = [list(range(s.batch_size))] * s.grad_accum      # the same random batch for every micro-batch
     max_grad_norm = train_default("max_grad_norm")
 
+    loss_of = _loss_of(info, model, batch)
+
     def step():
-        # As in the Whisper family's loss, only the loss outlives the forward. Unlike train: no schedule (None), and
+        # As in the families' losses, only the loss outlives the forward. Unlike train: no schedule (None), and
         # the batch is random, built once, for measuring time and peak memory rather than for learning.
-        train_step(model, group, lambda idx: model(**batch).loss, optimizer, None, accelerator, max_grad_norm)
+        train_step(model, group, loss_of, optimizer, None, accelerator, max_grad_norm)
 
     return model, optimizer, step
 
@@ -169,9 +212,10 @@ def calibrate(model, mode: str = "full", batch_size: int = 2, *, steps: int = 3,
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
     if setup is None:
         opts = {k: v for k, v in split_options(options)[0].items() if k != "device"}
-        setup = setup_from_options(mode=mode, batch_size=batch_size, **opts)
+        setup = setup_from_options(info.family, mode=mode, batch_size=batch_size, **opts)
     s = replace(setup, device=dev_type)
     s.check()
+    check_family(s, info.family)
     if dev_type == "cpu" and s.precision == "fp16":
         raise SpeechtuneError("--precision fp16 needs a CUDA GPU to calibrate", "use fp32 or bf16 on a CPU")
     fl = flops(info, s)

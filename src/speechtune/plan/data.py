@@ -3,8 +3,10 @@ long the clips are, and how long the labels are that the model's tokenizer makes
 
 Label length is what `speechtune train` feeds the decoder: for Whisper the prefix without <|sot|>, the text
 tokens and <|endoftext|> (train.data.label_ids); for CTC models the characters of the transcript as a
-character vocabulary spells it (models.ctc.ctc_text). A batch is padded to its longest label (and, for CTC
-models, its longest clip), so the longest one sets the peak.
+character vocabulary spells it (models.ctc.ctc_text); for a voice (tts family) the phoneme ids its base piper
+voice reads the transcript as, every sentence's concatenated (tts.align.phoneme_sequence: the encoder's input),
+while the clip's length sets the decoder's (mel frames). A batch is padded to its longest label (and, for CTC
+models and voices, its longest clip), so the longest one sets the peak.
 """
 from __future__ import annotations
 
@@ -83,6 +85,8 @@ def whisper_labeler(model, info=None):
 def label_lengths(rows: list[dict], model, info=None) -> tuple[list[int], str]:
     """Each row's label length as train builds it, and its unit."""
     info = info or model_info(model)
+    if info.family == "tts":
+        return voice_id_lengths(rows, info)
     if info.family != "whisper":
         from ..models.ctc import ctc_text
         return [len(ctc_text(r["text"])) for r in rows], "characters"
@@ -97,6 +101,25 @@ def label_lengths(rows: list[dict], model, info=None) -> tuple[list[int], str]:
             prefix[lang] = len(label_prefix(generation, lang if lang in _languages(generation) else "en"))
         lengths.append(prefix[lang] + len(text_ids(tokenizer, r["text"])) + 1)  # + <|endoftext|>
     return lengths, f"tokens ({name}'s tokenizer)"
+
+
+def voice_id_lengths(rows: list[dict], info) -> tuple[list[int], str]:
+    """Each row's phoneme ids as the tts family's training split makes them: the base voice's phonemes (a voice
+    folder's phonemes.json, else the bundled joe's config) read by PiperText, every sentence's ids concatenated.
+    Reads the voice's config only: no ONNX session is built."""
+    import json
+
+    from ..tts import resolve_voice
+    from ..tts.fastspeech import PHONEMES_FILE
+    from ..tts.piper import PiperText
+
+    if info.path and (Path(info.path) / PHONEMES_FILE).is_file():
+        config_path, name = Path(info.path) / PHONEMES_FILE, Path(info.path).name
+    else:
+        _, config_path, name, _ = resolve_voice("joe")
+    text = PiperText(json.loads(config_path.read_text(encoding="utf-8")))
+    lengths = [sum(len(text.phoneme_ids(s)) for s in text.phonemize(r["text"])) for r in rows]
+    return lengths, f"phoneme ids ({name}'s phonemes)"
 
 
 def _languages(generation) -> set:
@@ -122,8 +145,9 @@ def data_figures(data, model, extra_manifests=()) -> DataFigures:
 
 
 def setup_options(figures: DataFigures, family: str) -> dict:
-    """The Setup fields the data decides: the longest label (the widest batch's decoder length) and, for CTC
-    models, whose batches pad to their longest clip, the longest clip (Whisper pads every clip to 30 s)."""
+    """The Setup fields the data decides: the longest label (the widest batch's decoder length; a voice's
+    encoder length) and, for CTC models and voices, whose batches pad to their longest clip, the longest clip
+    (Whisper pads every clip to 30 s)."""
     import math
 
     options = {"label_tokens": max(1, math.ceil(figures.label_lengths["max"]))}

@@ -20,8 +20,8 @@ from ..errors import SpeechtuneError
 from . import catalog
 from .calibrate import calibrate
 from .info import ModelInfo, gpu_catalog_name, model_info
-from .memory import GiB, flops, memory
-from .setup import Setup, setup_from_config, setup_from_options, split_options
+from .memory import GiB, flops, memory, tts_shape
+from .setup import Setup, check_family, setup_from_config, setup_from_options, split_options
 
 # calibrate and GiB lived here before the split: still importable from here
 __all__ = ["Estimate", "GiB", "GpuRow", "calibrate", "estimate", "estimate_for_training", "estimate_setup",
@@ -141,7 +141,9 @@ def estimate(model, mode: str = "full", batch_size: int = 8, **options) -> Estim
     utilisation, prices, encoder_cache, calibration, recommend.
     """
     setup, run = split_options(options)
-    return estimate_setup(model, setup_from_options(mode=mode, batch_size=batch_size, **setup), **run)
+    info = model_info(model)
+    s = setup_from_options(info.family, mode=mode, batch_size=batch_size, **setup)
+    return estimate_setup(info, s, **run)
 
 
 def estimate_setup(model, s: Setup, *, dataset_hours: float | None = None, epochs: float = 1.0,
@@ -152,6 +154,7 @@ def estimate_setup(model, s: Setup, *, dataset_hours: float | None = None, epoch
     `data`: the plan.data.DataFigures the caller took figures from (`s`, `clips`), recorded and noted."""
     info = model_info(model)
     s.check()
+    check_family(s, info.family)
     mem = memory(info, s)
     if s.device == "cpu":  # the whole process's memory is the run's
         mem = dict(mem, overhead=mem["overhead"] + CPU_PROCESS, total=mem["total"] + CPU_PROCESS)
@@ -191,7 +194,9 @@ def _notes(info: ModelInfo, s: Setup, util, calibration, n_clips, clips, clip_se
         notes.append(f"utilisation {util:.0%} measured by --calibrate on {calibration['device']}")
     else:
         notes.append(f"utilisation {util:.0%} of peak FLOP/s assumed (--calibrate measures it)")
-    if n_clips:
+    if info.family == "tts":
+        notes += _tts_notes(info, s)
+    elif n_clips:
         if info.family == "whisper":
             avg = "" if clips else f" of {clip_seconds:g} s on average"
             notes.append(f"{n_clips} clips{avg}, each padded to "
@@ -212,6 +217,19 @@ def _notes(info: ModelInfo, s: Setup, util, calibration, n_clips, clips, clip_se
     return notes
 
 
+def _tts_notes(info: ModelInfo, s: Setup) -> list:
+    ids, frames = tts_shape(info, s)
+    notes = [f"a voice's batches pad to their longest clip: estimated at {s.audio_seconds:g} s ({frames} mel frames, "
+             f"the decoder's length) and {ids} phoneme ids (the encoder's) for every clip, an upper bound on time; "
+             "attention keeps frames x frames scores per head, so memory grows faster than the clip length",
+             "a voice this narrow launches many small kernels (and the length regulator loops over the batch): "
+             "on a GPU the assumed utilisation is optimistic; --calibrate on the GPU measures it"]
+    if s.gradient_checkpointing:
+        notes.append("gradient checkpointing: transformers' FastSpeech2Conformer has none (speechtune train "
+                     "accepts the flag for a voice and changes nothing), so every activation is counted")
+    return notes
+
+
 def _from_data(info: ModelInfo, s: Setup, data, n_clips, dataset_hours) -> list:
     """Which figures of the estimate are the data's (the others were given, or are defaults)."""
     from .data import setup_options
@@ -220,7 +238,8 @@ def _from_data(info: ModelInfo, s: Setup, data, n_clips, dataset_hours) -> list:
     if n_clips == data.clips and not dataset_hours:
         used.append(f"{data.clips} clips ({data.hours:.2f} h)")
     if s.label_tokens == taken["label_tokens"]:
-        used.append(f"label tokens {s.label_tokens} (the longest label)")
+        unit = "phoneme ids" if info.family == "tts" else "label tokens"
+        used.append(f"{unit} {s.label_tokens} (the longest label)")
     if "audio_seconds" in taken and s.audio_seconds == taken["audio_seconds"]:
         used.append(f"audio {s.audio_seconds:g} s (the longest clip)")
     return used or ["nothing (every figure was given)"]
@@ -298,26 +317,35 @@ def _recommend(est: Estimate, info: ModelInfo, s: Setup, kw: dict) -> str:
     if row is not None:
         return _line(est, row)
     # Nothing fits as asked: try the usual memory savers, least intrusive first.
-    variants = []
-    if not s.gradient_checkpointing:
-        variants.append(dict(gradient_checkpointing=True))
-    if s.precision == "fp32":
-        variants.append(dict(precision="bf16", gradient_checkpointing=True))
-    if s.optimizer == "adamw" and s.mode != "lora":
-        variants.append(dict(gradient_checkpointing=True, optimizer="adamw-8bit"))
-    if s.mode != "lora":
-        variants.append(dict(mode="lora", gradient_checkpointing=True))
-    for half in (2, 4, 8, 16):
-        if s.batch_size // half >= 1:
-            variants.append(dict(batch_size=s.batch_size // half, grad_accum=s.grad_accum * half,
-                                 gradient_checkpointing=True))
-    for v in variants:
+    for v in _variants(s, info.family):
         # the variants are GPU runs, estimated at the assumed (or calibrated) utilisation
         alt = estimate_setup(info, replace(s, device="cuda", **v), **kw, recommend=False)
         row = _cheapest(alt)
         if row is not None:
             return f"nothing in the list fits as asked; {_line(alt, row)}"
+    if info.family == "tts":
+        return "nothing in the GPU list fits even at batch 1: use shorter clips (prepare --max-duration)"
     return "nothing in the GPU list fits even with checkpointing, LoRA and batch 1: use several GPUs (FSDP/DeepSpeed)"
+
+
+def _variants(s: Setup, family: str) -> list:
+    """The memory savers to try, least intrusive first; a voice has no checkpointing, LoRA or 8-bit AdamW
+    in speechtune train, so only bf16 and a smaller batch with accumulation."""
+    voice = family == "tts"
+    ckpt = {} if voice else dict(gradient_checkpointing=True)
+    variants = []
+    if not s.gradient_checkpointing and not voice:
+        variants.append(dict(gradient_checkpointing=True))
+    if s.precision == "fp32":
+        variants.append(dict(precision="bf16", **ckpt))
+    if s.optimizer == "adamw" and s.mode != "lora" and not voice:
+        variants.append(dict(gradient_checkpointing=True, optimizer="adamw-8bit"))
+    if s.mode != "lora" and not voice:
+        variants.append(dict(mode="lora", gradient_checkpointing=True))
+    for half in (2, 4, 8, 16):
+        if s.batch_size // half >= 1:
+            variants.append(dict(batch_size=s.batch_size // half, grad_accum=s.grad_accum * half, **ckpt))
+    return variants
 
 
 # -------------------------------------------------------------------------------------------- summary
@@ -336,8 +364,9 @@ def format_summary(est, n_clips: int | None = None, device_bytes: int | None = N
     if not isinstance(est, Estimate):
         est, device_bytes = estimate_for_training(est, n_clips, device_bytes, **options)
     m = est.memory
-    labels = f"{est.label_tokens} label tokens" + (" (the longest label in the data)" if est.data and any(
-        f.startswith("label tokens") for f in est.data["from_data"]) else "")
+    unit = "phoneme ids" if est.family == "tts" else "label tokens"
+    labels = f"{est.label_tokens} {unit}" + (" (the longest label in the data)" if est.data and any(
+        f.startswith(unit) for f in est.data["from_data"]) else "")
     lines = [f"estimate: {est.model} {est.mode}, {est.precision}, batch {est.batch_size}"
              f"{' x' + str(est.grad_accum) if est.grad_accum > 1 else ''}, {labels}: peak {_gib(m['total'])} GiB "
              f"(weights {_gib(m['weights'])}, gradients {_gib(m['gradients'])}, optimizer {_gib(m['optimizer'])}, "
@@ -378,7 +407,7 @@ def estimate_for_training(cfg, n_clips: int | None = None, device_bytes: int | N
         setup_options = {**data_options(figures, model_info(cfg.model).family), **setup_options}
         n_clips = figures.clips if n_clips is None else n_clips
         options.setdefault("data", figures)
-    s = setup_from_config(cfg, **{"device": device, **setup_options})
+    s = setup_from_config(cfg, model_info(cfg.model).family, **{"device": device, **setup_options})
     gpus = None
     if s.device == "cuda":
         props = torch.cuda.get_device_properties(torch.device(device))

@@ -15,11 +15,12 @@ from . import catalog
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    family: str                   # "whisper" or "ctc"
+    family: str                   # "whisper", "ctc" or "tts"
     config: object                # transformers config
     params: tuple                 # (name, numel, requires_grad by default)
     linears: tuple                # (module name, in_features, out_features)
     path: str | None = None       # HF folder it came from, if any
+    buffers: int = 0              # elements of the module's buffers (FastSpeech2's position tables, BN stats)
 
     @property
     def total(self) -> int:
@@ -30,6 +31,13 @@ class ModelInfo:
 # transformer blocks): the activation model of memory.py describes them. Conformer blocks (wav2vec2-conformer,
 # Parakeet) and SEW's down-sampling are not modelled yet.
 PLANNED_CTC_TYPES = ("wav2vec2", "hubert", "wavlm", "unispeech", "unispeech-sat", "data2vec-audio")
+# Text-to-speech: transformers' FastSpeech2ConformerModel, what the tts family trains (families/tts.py).
+PLANNED_TTS_TYPES = ("fastspeech2_conformer",)
+# Phoneme ids of the bundled joe voice (its .onnx.json `num_symbols`): the vocabulary of a fresh
+# `fastspeech2-tiny` that `speechtune train` builds on it (another `--voice` changes only the embedding).
+JOE_SYMBOLS = 256
+# joe's sample rate: a fresh voice's mel frames are HOP_LENGTH samples of it (a voice folder says its own).
+JOE_SAMPLE_RATE = 22050
 
 
 def family_of(model_type: str) -> str:
@@ -37,18 +45,23 @@ def family_of(model_type: str) -> str:
         return "whisper"
     if model_type in PLANNED_CTC_TYPES:
         return "ctc"
+    if model_type in PLANNED_TTS_TYPES:
+        return "tts"
     raise SpeechtuneError(f"model type {model_type!r} is not one the planner knows",
-                          f"supported: whisper, {', '.join(PLANNED_CTC_TYPES)} (see `speechtune estimate --help`)")
+                          f"supported: whisper, {', '.join(PLANNED_CTC_TYPES + PLANNED_TTS_TYPES)} "
+                          "(see `speechtune estimate --help`)")
 
 
 def build_meta(config):
     """The real training module on the meta device: the exact module tree, no memory, no weights."""
     import torch
     import transformers
-    cls = (transformers.WhisperForConditionalGeneration if config.model_type == "whisper"
-           else transformers.AutoModelForCTC)
     with torch.device("meta"):
-        return cls(config) if cls is not transformers.AutoModelForCTC else cls.from_config(config)
+        if config.model_type == "whisper":
+            return transformers.WhisperForConditionalGeneration(config)
+        if config.model_type in PLANNED_TTS_TYPES:
+            return transformers.FastSpeech2ConformerModel(config)
+        return transformers.AutoModelForCTC.from_config(config)
 
 
 def _info_from_module(name: str, config, module) -> ModelInfo:
@@ -56,7 +69,8 @@ def _info_from_module(name: str, config, module) -> ModelInfo:
     params = tuple((n, p.numel(), p.requires_grad) for n, p in module.named_parameters())
     linears = tuple((n, m.in_features, m.out_features) for n, m in module.named_modules()
                     if isinstance(m, torch.nn.Linear))
-    return ModelInfo(name, family_of(config.model_type), config, params, linears)
+    buffers = sum(b.numel() for b in module.buffers())
+    return ModelInfo(name, family_of(config.model_type), config, params, linears, buffers=buffers)
 
 
 @lru_cache(maxsize=32)
@@ -89,8 +103,42 @@ def model_info(model) -> ModelInfo:
     arch = catalog.lookup(spec)
     if arch is not None:
         return _info_from_config(arch.name, catalog.hf_config(arch))
+    if spec in _named_voices():
+        return _info_from_config(spec, fresh_voice_config(spec))
     path = _folder_from_spec(spec)
     return replace(_info_from_config(spec, _read_config(path)), path=str(path))
+
+
+def _named_voices() -> tuple:
+    from ..families import tts
+    return tts.NAMED_MODELS
+
+
+def fresh_voice_config(preset: str, num_symbols: int = JOE_SYMBOLS):
+    """The config of the fresh FastSpeech2 voice `speechtune train --model PRESET` builds on joe's phonemes
+    (tts.fastspeech.new_model's)."""
+    import transformers
+
+    from ..tts.features import N_MELS
+    from ..tts.fastspeech import PRESETS
+    return transformers.FastSpeech2ConformerConfig(vocab_size=num_symbols, num_mel_bins=N_MELS, **PRESETS[preset])
+
+
+def voice_sample_rate(info: ModelInfo) -> int:
+    """The rate a TTS model's mel frames are counted at: its voice folder's (speechtune_voice.json), else
+    joe's, the base voice of a fresh one."""
+    return _folder_sample_rate(info.path) if info.path else JOE_SAMPLE_RATE
+
+
+@lru_cache(maxsize=32)
+def _folder_sample_rate(path: str) -> int:
+    import json
+
+    from ..tts.fastspeech import VOICE_FILE
+    try:
+        return int(json.loads((Path(path) / VOICE_FILE).read_text(encoding="utf-8"))["sample_rate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return JOE_SAMPLE_RATE   # a bare FastSpeech2 folder: no voice file says otherwise
 
 
 def _folder_from_spec(spec: str) -> Path:

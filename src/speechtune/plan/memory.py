@@ -15,7 +15,7 @@ frozen encoder costs forward only, LoRA ~2x forward).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from ..audio import SAMPLE_RATE, WINDOW_S
@@ -38,6 +38,8 @@ class Block:
 
 
 def _block_of(family: str, pname: str, stable: bool = False) -> str:
+    if family == "tts":
+        return _tts_block_of(pname)
     m = re.search(r"(encoder|decoder)\.layers\.(\d+)\.", pname)
     if m:
         return f"{m.group(1)[:3]}{m.group(2)}"
@@ -112,6 +114,9 @@ class _Bytes:
         self.a = 2 if self.auto else 4                  # matmul outputs: bf16/fp16 under autocast
         self.mask = 1 if s.device == "cuda" else self.a  # CUDA dropout keeps a bool mask; CPU a float one
         self.mask32 = 1 if s.device == "cuda" else 4     # ... of a fp32 input
+        # softmax's output: CUDA autocast runs softmax in fp32; CPU autocast leaves it in bf16 (measured:
+        # FastSpeech2's eager attention scores, tests/test_estimate.py)
+        self.softmax = 4 if s.device == "cuda" or not self.auto else 2
 
     def inputs(self, consumers: int, elems: float, already_low: bool = False) -> float:
         """A tensor read by `consumers` linears that keep their input: fp32 shares one copy; autocast casts
@@ -390,9 +395,165 @@ def _ctc_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     return blocks, tok * V * a
 
 
+# ------------------------------------------------------------------------ FastSpeech2Conformer (tts family)
+#
+# transformers' FastSpeech2ConformerModel in train mode (modeling_fastspeech2_conformer.py): a conformer encoder
+# over the phoneme ids, three variance predictors (duration, pitch, energy: conv + ReLU + layer norm + dropout
+# stacks) and the pitch/energy embeddings on the ids, the length regulator that repeats each id for its
+# duration, a conformer decoder over the mel frames, and the postnet (a linear to 80 mel bands, conv +
+# batch norm + tanh layers) with the L1/MSE losses. Its attention is eager with relative positions: every
+# layer keeps B x heads x T x T scores (softmax output, dropout mask and output), so the decoder's memory
+# grows with frames squared as well as linearly; everything else is batch x length x width. transformers'
+# FastSpeech2 has no gradient checkpointing (the flag is accepted and changes nothing), so none is modelled.
+
+def tts_frames(seconds: float, sample_rate: int) -> int:
+    """Mel frames of a clip of `seconds` at the voice's rate (tts.features.n_frames: centred STFT)."""
+    from ..tts.features import n_frames
+    return n_frames(int(round(seconds * sample_rate)))
+
+
+def tts_shape(info: ModelInfo, s: Setup) -> tuple[int, int]:
+    """(phoneme ids, mel frames) of the widest micro-batch: label_tokens ids, audio_seconds of frames."""
+    from .info import voice_sample_rate
+    return s.label_tokens, tts_frames(s.audio_seconds, voice_sample_rate(info))
+
+
+def _tts_block_of(pname: str) -> str:
+    m = re.match(r"(encoder|decoder)\.conformer_layers\.(\d+)\.", pname)
+    if m:
+        return f"{m.group(1)[:3]}{m.group(2)}"
+    if pname.startswith("encoder."):
+        return "embed"
+    if pname.startswith("speech_decoder_postnet."):
+        return "postnet"
+    return "variance"        # duration/pitch/energy predictors and embeddings, speaker/language embeddings
+
+
+def _conformer_layer(by: _Bytes, module: dict, c, B: int, T: int) -> tuple[float, float, float]:
+    """(saved bytes, backward temporaries, forward FLOPs) of one conformer layer over B x T positions.
+
+    Post-LN, macaron style (FFN, attention, conv module, FFN, final norm), as FastSpeech2Conformer's default
+    config (normalize_before False, macaron and conv module on). Saved, per position: each linear or conv's
+    input (under autocast its own bf16 copy of an fp32 input), ReLU/GLU/SiLU/batch-norm inputs or outputs,
+    a mask per dropout, each layer norm's fp32 input and statistics; per head, the T x T softmax output,
+    its dropout mask and output; and the linear_pos projection of the 2T-1 relative positions.
+    """
+    d, F, h = c.hidden_size, module["linear_units"], module["num_attention_heads"]
+    p, pa = module["dropout_rate"], module["attention_dropout_rate"]
+    N, P, lo, m = B * T, 2 * T - 1, by.a, by.mask
+    norm = N * d * 4 + 2 * N * 4
+    drop = N * d * m if p > 0 else 0.0
+
+    def ffn():  # conv1 (kernel k) -> ReLU -> dropout -> conv2 -> dropout; then the residual's layer norm
+        return by.inputs(1, N * d) + N * F * lo + (N * F * (m + lo) if p > 0 else 0) + drop + norm
+
+    attn = (by.inputs(3, N * d) + 2 * by.inputs(1, N * d)     # q/k/v input; q + pos_bias_u and + pos_bias_v
+            + 2 * N * d * lo                                 # k and v, kept by the score matmuls
+            + (P * d * 2 if by.auto else 0) + P * d * lo     # linear_pos input (bf16 copy) and output
+            + B * h * T * T * (by.softmax + (m + (2 if by.auto else 4) if pa > 0 else 0))  # softmax, dropout
+            + N * d * lo + drop + norm)                      # linear_out input, dropout, layer norm
+    conv = (by.inputs(1, N * d) + 2 * N * d * lo             # pointwise_conv1 input, GLU input
+            + 4 * N * d * lo + drop + norm)                  # depthwise, batch norm, SiLU, pointwise_conv2 inputs
+    act = 2 * ffn() + attn + conv + norm                     # + the final layer norm
+    # backward of the scores: their gradient, and the relative-shift's padded (T x 2T) gradients
+    trans = B * h * T * T * 4 * 3 + 2 * N * F * 4
+    k, kc = c.positionwise_conv_kernel_size, module["kernel_size"]
+    fwd = (2 * 2 * (2.0 * N * d * F * k)                     # two FFNs of two convs each
+           + 4 * 2.0 * N * d * d + 2.0 * P * d * d           # q, k, v, out; linear_pos
+           + 8.0 * B * T * T * d                             # q.k, q.pos (2T-1 wide), attn.v
+           + 2.0 * N * d * 2 * d + 2.0 * N * d * kc + 2.0 * N * d * d)   # conv module
+    return act, trans, fwd
+
+
+def _predictor(by: _Bytes, tokens: int, cin: int, chans: int, layers: int, kernel: int, dropout: float):
+    """(saved bytes without the shared input, FLOPs) of a variance predictor: conv -> ReLU -> layer norm ->
+    dropout, `layers` times, then a linear to 1. ReLU keeps its output, layer norm its fp32 input (under
+    autocast a separate fp32 copy), the next conv or the linear the dropout's output."""
+    act = fwd = 0.0
+    for i in range(layers):
+        n = tokens * chans
+        act += n * by.a + (n * 4 if by.auto else 0) + 2 * tokens * 4
+        act += n * by.mask + by.inputs(1, n) if dropout > 0 else by.inputs(1, n)
+        fwd += 2.0 * tokens * (cin if i == 0 else chans) * chans * kernel
+    return act, fwd + 2.0 * tokens * chans
+
+
+def _tts_variance(c, by: _Bytes, B: int, n: int, T: int, d: int) -> Block:
+    """Duration, pitch and energy predictors and embeddings over the encoder output, then the length
+    regulator (repeat_interleave keeps its int64 index per frame) and the decoder's input scaling/dropout."""
+    blk = Block("variance", "variance predictors + length regulator")
+    blk.act = by.inputs(3, B * n * d)           # the encoder output, read by the three predictors' first convs
+    for layers, chans, kernel, p in ((c.duration_predictor_layers, c.duration_predictor_channels,
+                                      c.duration_predictor_kernel_size, c.duration_predictor_dropout_rate),
+                                     (c.pitch_predictor_layers, c.pitch_predictor_channels,
+                                      c.pitch_predictor_kernel_size, c.pitch_predictor_dropout),
+                                     (c.energy_predictor_layers, c.energy_predictor_channels,
+                                      c.energy_predictor_kernel_size, c.energy_predictor_dropout)):
+        a, f = _predictor(by, B * n, d, chans, layers, kernel, p)
+        blk.act, blk.fwd = blk.act + a, blk.fwd + f
+    blk.fwd += 2 * 2.0 * B * n * d              # pitch and energy embeddings (1 -> d convs)
+    blk.act += B * T * 8                        # the regulator's index
+    pos_p = c.decoder_config["positional_dropout_rate"]
+    blk.act += B * T * d * by.mask + (2 * T - 1) * d * (by.mask + (0 if by.auto else 4)) if pos_p > 0 else 0
+    blk.trans = 2 * B * T * d * 4
+    return blk
+
+
+def _tts_postnet(c, by: _Bytes, B: int, T: int, d: int) -> Block:
+    """feat_out (d -> mels), the postnet's conv + batch norm (+ tanh) + dropout layers, and the loss: L1 of
+    the masked frames before and after the postnet against the labels (three fp32 copies of the frames)."""
+    blk = Block("postnet", "postnet + loss")
+    M, mel, lo = B * T, c.num_mel_bins, by.a
+    blk.act = by.inputs(1, M * d) + M * mel * lo  # feat_out input; its output, kept by the first conv
+    n_layers, units = c.speech_decoder_postnet_layers, c.speech_decoder_postnet_units
+    kernel, p = c.speech_decoder_postnet_kernel, c.speech_decoder_postnet_dropout
+    cin = mel
+    blk.fwd = 2.0 * M * d * mel
+    for i in range(n_layers):
+        last = i == n_layers - 1
+        cout = mel if last else units
+        blk.act += M * cout * lo                               # batch norm input
+        blk.act += 0 if last else M * cout * lo                # tanh output
+        blk.act += M * cout * by.mask if p > 0 else 0
+        blk.act += 0 if last or p == 0 else M * cout * lo      # dropout output, the next conv's input
+        blk.fwd += 2.0 * M * cin * cout * kernel
+        cin = cout
+    blk.act += 3 * M * mel * 4                                 # L1 inputs: before, after, labels (masked)
+    blk.trans = 4 * M * mel * 4 + 2 * M * units * 4
+    return blk
+
+
+def _tts_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
+    c, by, B = info.config, _Bytes(s), s.batch_size
+    d = c.hidden_size
+    n, T = tts_shape(info, s)
+    params = dict(trainable_by_block(info, replace(s, mode="full")))
+    embed = Block("embed", "phoneme embedding")
+    enc_p = c.encoder_config["positional_dropout_rate"]
+    embed.act = B * n * 8 + (B * n * d * by.mask + (2 * n - 1) * d * (by.mask + (0 if by.auto else 4))
+                             if enc_p > 0 else 0)
+    embed.trans = B * n * d * 4
+    blocks = [embed]
+    for prefix, module, length in (("enc", c.encoder_config, n), ("dec", c.decoder_config, T)):
+        if prefix == "dec":
+            blocks.append(_tts_variance(c, by, B, n, T, d))
+        for i in range(module["layers"]):
+            act, trans, fwd = _conformer_layer(by, module, c, B, length)
+            key = f"{prefix}{i}"
+            if by.auto:
+                act += 2 * params.get(key, 0)     # bf16 weight copies kept for the input gradient
+            blocks.append(Block(key, f"{'encoder' if prefix == 'enc' else 'decoder'} layer {i}", act=act,
+                                trans=trans, fwd=fwd, bwd=2 * fwd))
+    blocks.append(_tts_postnet(c, by, B, T, d))
+    for b in blocks:
+        b.bwd = b.bwd or 2 * b.fwd              # everything trains (one mode: full)
+    return blocks, 0.0       # the family's loss keeps only the loss of the model's output
+
+
 def step_blocks(info: ModelInfo, s: Setup) -> tuple[list, float]:
     """Blocks of one micro-batch in forward order, with gradient bytes filled in; plus persistent bytes."""
-    blocks, persistent = (_whisper_blocks if info.family == "whisper" else _ctc_blocks)(info, s)
+    build = {"whisper": _whisper_blocks, "ctc": _ctc_blocks, "tts": _tts_blocks}[info.family]
+    blocks, persistent = build(info, s)
     index = {b.key: b for b in blocks}
     for key, n in trainable_by_block(info, s).items():
         (index.get(key) or blocks[-1]).grad += n * 4
@@ -405,7 +566,8 @@ def memory(info: ModelInfo, s: Setup) -> dict:
     n_train = sum(trainable_by_block(info, s).values())
     n_adapters = n_train - sum(n for name, n, req in info.params
                                if req and not _frozen_by_mode(info.family, s.mode, name))
-    weights = (info.total + max(n_adapters, 0)) * 4      # fp32 master weights, also under autocast
+    # fp32 master weights, also under autocast; and buffers (FastSpeech2's position tables)
+    weights = (info.total + max(n_adapters, 0) + info.buffers) * 4
     opt_bytes = n_train * (8 if s.optimizer == "adamw" else 2 + 8 / 256)
     grads_all = sum(b.grad for b in blocks)
     overhead = CUDA_OVERHEAD if s.device == "cuda" else 0

@@ -7,6 +7,7 @@ assumed utilisation, which --calibrate replaces with one measured by running rea
   speechtune estimate --model small --mode lora --batch-size 16 --dataset-hours 10 --epochs 3
   speechtune estimate --model small --mode lora --batch-size 16 --data prepared/ --epochs 3   (plan.data)
   speechtune estimate --model ./my-whisper --mode full --batch-size 8 --gpu A10 --calibrate --json
+  speechtune estimate --model fastspeech2-tiny --batch-size 16 --data prepared-tts/ --epochs 200   (a voice)
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ DEFAULT_CLIP_SECONDS = 5.0  # average clip length assumed for --dataset-hours wi
 @dataclass
 class EstimateConfig:
     model: str | None = field(default=None, metadata={"help": "catalog name (tiny, small, large-v3, "
-                                                      "wav2vec2-base, ...) or a model spec/folder"})
+                                                      "wav2vec2-base, ...), fastspeech2-tiny (a fresh voice) or "
+                                                      "a model spec/folder (a voice folder too)"})
     mode: str | None = field(default=train_default("mode"), metadata={"choices": list(MODES),
                                                                       "help": "what trains (default: train's)"})
     lora_r: int = field(default=train_default("lora_r"), metadata={"help": "LoRA rank"})
@@ -53,9 +55,11 @@ class EstimateConfig:
                                                      "train.jsonl"})
     # None = from --data, else the default in the help
     audio_seconds: float | None = field(default=None, metadata={"help": "encoder input length (Whisper pads to "
-                                                                "30; CTC: --data's longest clip, else 30)"})
+                                                                "30; CTC: --data's longest clip, else 30; a "
+                                                                "voice: its mel frames, --data's longest, else 15)"})
     label_tokens: int | None = field(default=None, metadata={"help": "decoder/label length of the longest batch "
-                                                             "(default: --data's longest label, else 448)"})
+                                                             "(default: --data's longest label, else 448; a voice: "
+                                                             "its phoneme ids, --data's longest, else 450)"})
     dataset_hours: float | None = field(default=None, metadata={"help": "hours of training audio (default: "
                                                                 "--data's)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
@@ -106,9 +110,11 @@ def run(cfg: EstimateConfig):
         print("note: --grad-checkpointing is deprecated; use --gradient-checkpointing (speechtune train's name)",
               file=sys.stderr)
         checkpointing = cfg.grad_checkpointing
-    figures, from_data = _data(cfg)
+    from .info import model_info
+    family = model_info(cfg.model).family
+    figures, from_data = _data(cfg, family)
     # EstimateConfig has train's field names: the run is built from it as from a TrainConfig (for a GPU).
-    s = setup_from_config(cfg, device="cuda", gradient_checkpointing=checkpointing, **from_data)
+    s = setup_from_config(cfg, family, device="cuda", gradient_checkpointing=checkpointing, **from_data)
     cal = None
     if cfg.calibrate:
         import torch
@@ -122,14 +128,13 @@ def run(cfg: EstimateConfig):
                           prices=_prices(cfg.price), calibration=cal, data=figures)
 
 
-def _data(cfg: EstimateConfig) -> tuple:
+def _data(cfg: EstimateConfig, family: str) -> tuple:
     """(plan.data.DataFigures of --data or None, the Setup fields taken from it: those not given as flags)."""
     if not cfg.data:
         return None, {}
     from .data import data_figures, setup_options
-    from .info import model_info
     figures = data_figures(cfg.data, cfg.model)
-    taken = setup_options(figures, model_info(cfg.model).family)
+    taken = setup_options(figures, family)
     return figures, {k: v for k, v in taken.items() if getattr(cfg, k) is None}
 
 
@@ -157,7 +162,7 @@ def render(est, console) -> None:
             f"{f' r={est.lora_rank}' if est.lora_rank else ''}, {est.precision}, {est.optimizer}, batch "
             f"{est.batch_size}{f' x{est.grad_accum} accumulation' if est.grad_accum > 1 else ''}"
             f"{', gradient checkpointing' if est.grad_checkpointing else ''}; audio {est.audio_seconds:g} s, "
-            f"{est.label_tokens} label tokens")
+            f"{est.label_tokens} {'phoneme ids' if est.family == 'tts' else 'label tokens'}")
     console.print(head)
     if est.data:
         console.print(f"  data {est.data['manifest']}: {', '.join(est.data['from_data'])}")

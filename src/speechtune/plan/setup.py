@@ -22,6 +22,11 @@ RENAMED = {"lora_rank": "lora_r", "grad_checkpointing": "gradient_checkpointing"
 # q_proj/v_proj with the encoder (what benchmarks/estimate_accuracy.py was measured with). The CLI and
 # format_summary(train_config) build their Setup with setup_from_config instead: speechtune train's defaults.
 API_DEFAULTS = {"mode": "full", "lora_r": 16, "lora_targets": ("q_proj", "v_proj"), "lora_encoder": True}
+# A TTS run where neither flags nor --data say: `prepare --task tts` keeps clips up to 15 s (its default
+# --max-duration), the decoder's length; joe's phonemes run at roughly 25-30 ids a second of speech (2 ids a
+# phoneme + 3 a sentence), the encoder's length, so the widest batch has about 30 ids/s x 15 s.
+TTS_AUDIO_SECONDS = 15.0
+TTS_IDS_PER_SECOND = 30
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "tuple": tuple}
 
 
@@ -66,6 +71,23 @@ class Setup:
 SETUP_FIELDS = frozenset(f.name for f in fields(Setup))
 
 
+def family_defaults(family: str) -> dict:
+    """The Setup fields whose default differs for `family` ("whisper", "ctc", "tts"): a voice trains in its
+    one mode, full, and its lengths are the longest clip prepare keeps and that clip's phoneme ids."""
+    if family != "tts":
+        return {}
+    return {"mode": "full", "audio_seconds": TTS_AUDIO_SECONDS,
+            "label_tokens": round(TTS_IDS_PER_SECOND * TTS_AUDIO_SECONDS)}
+
+
+def check_family(s: Setup, family: str) -> None:
+    """A one-line error where the run's mode is not one `family` trains (a voice trains `full` only)."""
+    modes = next((f.MODES for f in FAMILIES if f.NAME == family), MODES)
+    if family == "tts" and s.mode not in modes:
+        raise SpeechtuneError(f"--mode {s.mode}: the {family} family trains {', '.join(modes)}",
+                              f"pass --mode {modes[0]} (or leave --mode out)")
+
+
 def renamed_options(options: dict, stacklevel: int = 3) -> dict:
     """`options` with the old names (lora_rank=, grad_checkpointing=) turned into Setup's, with a
     DeprecationWarning."""
@@ -84,9 +106,10 @@ def split_options(options: dict) -> tuple[dict, dict]:
     return setup, {k: v for k, v in options.items() if k not in setup}
 
 
-def setup_from_options(**options) -> Setup:
-    """The Setup of estimate()/calibrate() keyword options (Setup fields, or their old names), on API_DEFAULTS."""
-    return Setup(**{**API_DEFAULTS, **renamed_options(options, stacklevel=4)})
+def setup_from_options(family: str | None = None, **options) -> Setup:
+    """The Setup of estimate()/calibrate() keyword options (Setup fields, or their old names), on API_DEFAULTS
+    and `family`'s defaults (family_defaults)."""
+    return Setup(**{**API_DEFAULTS, **family_defaults(family or ""), **renamed_options(options, stacklevel=4)})
 
 
 def resolve_precision(precision: str | None, device: str) -> str:
@@ -99,15 +122,17 @@ def resolve_precision(precision: str | None, device: str) -> str:
     return {"no": "fp32"}.get(precision, precision)
 
 
-def setup_from_config(cfg, **overrides) -> Setup:
+def setup_from_config(cfg, family: str | None = None, **overrides) -> Setup:
     """The Setup of the run that `cfg` describes: a TrainConfig, or anything with (some of) its field names
-    (EstimateConfig, a test's stand-in); what it lacks takes Setup's defaults, which are TrainConfig's.
+    (EstimateConfig, a test's stand-in); what it lacks takes `family`'s defaults (family_defaults), else
+    Setup's, which are TrainConfig's.
 
     `overrides` (Setup fields, or their old names) win over `cfg`. A device that is None ("what accelerate
     picks") is this machine's: CUDA where there is one. Precision "auto"/"no" resolves as the trainer does.
     """
-    # None (train's "the family's default") takes Setup's, which are Whisper's
-    values = {name: getattr(cfg, name) for name in SETUP_FIELDS if getattr(cfg, name, None) is not None}
+    # None (train's "the family's default") takes the family's, else Setup's, which are Whisper's
+    values = dict(family_defaults(family or ""))
+    values.update({name: getattr(cfg, name) for name in SETUP_FIELDS if getattr(cfg, name, None) is not None})
     values.update(renamed_options(overrides))
     device = values.get("device")
     if device is None:

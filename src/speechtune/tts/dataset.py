@@ -2,8 +2,10 @@
 frames (tts/align.py), the recording's log-mel frames, and token-averaged pitch and energy.
 
 FastSpeech2Conformer in train mode needs all four labels. Pitch is log f0 averaged over each token's voiced
-frames, energy the mean frame energy; both are standardised with the split's own token statistics (kept in
-`stats`, saved with the voice) and unvoiced tokens' pitch is 0, as ESPnet's FastSpeech2 recipe does.
+frames, energy the mean frame energy; both are standardised with the split's own token statistics, and
+unvoiced tokens' pitch is 0, as ESPnet's FastSpeech2 recipe does. The log-mel frames are standardised per
+band too (ESPnet's global MVN): the model learns unit-variance targets, and a voice turns its output back
+with `fastspeech.denormalize_mel`. All statistics are kept in `stats` and saved with the voice.
 
 Features are computed once, when the split is built (about 0.1 s a clip, most of it the base voice's
 reading for the alignment), and held in memory: a voice's recordings are minutes, not hours.
@@ -40,6 +42,11 @@ def _stats(values: list[np.ndarray], skip_zeros: bool) -> list[float]:
     return [float(x.mean()) if x.size else 0.0, float(x.std()) if x.size > 1 and x.std() > 0 else 1.0]
 
 
+def _band_stats(mels: list[np.ndarray]) -> list[list[float]]:
+    x = np.concatenate(mels)
+    return [x.mean(axis=0).tolist(), np.maximum(x.std(axis=0), 1e-3).tolist()]
+
+
 class VoiceClips:
     """clips.durations: seconds per clip (for batching); clips.batch(idx) -> the model's keyword arguments
     (input_ids, attention_mask and the four labels, padded: mel frames with -100 as the model masks them)."""
@@ -51,7 +58,9 @@ class VoiceClips:
             if progress and (i + 1) % 50 == 0:
                 print(f"voice features: {i + 1}/{len(rows)} clips", file=sys.stderr)
         self.stats = stats or {"pitch": _stats([c["pitch"] for c in self.items], skip_zeros=True),
-                               "energy": _stats([c["energy"] for c in self.items], skip_zeros=False)}
+                               "energy": _stats([c["energy"] for c in self.items], skip_zeros=False),
+                               "mel": _band_stats([c["mel"] for c in self.items])}
+        self._mel_mean, self._mel_std = (np.asarray(x, np.float32) for x in self.stats["mel"])
         self.durations = [c["seconds"] for c in self.items]
 
     def __len__(self) -> int:
@@ -77,6 +86,6 @@ class VoiceClips:
             ids[b, :k], mask[b, :k], dur[b, :k] = torch.from_numpy(c["ids"]), 1, torch.from_numpy(c["durations"])
             pitch[b, :k, 0] = torch.from_numpy(self._norm(c, "pitch").astype(np.float32))
             energy[b, :k, 0] = torch.from_numpy(self._norm(c, "energy").astype(np.float32))
-            mel[b, :f] = torch.from_numpy(c["mel"])
+            mel[b, :f] = torch.from_numpy((c["mel"] - self._mel_mean) / self._mel_std)
         return {"input_ids": ids, "attention_mask": mask, "spectrogram_labels": mel, "duration_labels": dur,
                 "pitch_labels": pitch, "energy_labels": energy}

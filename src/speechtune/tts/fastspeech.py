@@ -6,8 +6,9 @@ A voice folder is what `speechtune train` saves for the TTS family:
     config.json, model.safetensors   the FastSpeech2ConformerModel (save_pretrained)
     phonemes.json                    the base piper voice's config: how text becomes ids (tts.piper.PiperText)
     speechtune_voice.json            {"name", "sample_rate", "base_voice", "vocoder": "griffin-lim",
-                                      "pitch": [mean, std], "energy": [mean, std]} (the training set's
-                                      token-level statistics its pitch and energy were normalised with)
+                                      "stats": {"pitch": [mean, std], "energy": [mean, std],
+                                      "mel": [[mean per band], [std per band]]}}: the training set's
+                                      statistics its labels were standardised with
 
 `new_model(num_symbols, preset)` builds an untrained model; PRESETS holds the sizes speechtune knows.
 """
@@ -45,6 +46,16 @@ def new_model(num_symbols: int, preset: str = "fastspeech2-tiny", sample_rate: i
         raise SpeechtuneError(f"unknown voice model size {preset!r}", f"choose from: {', '.join(PRESETS)}")
     config = FastSpeech2ConformerConfig(vocab_size=num_symbols, num_mel_bins=features.N_MELS, **PRESETS[preset])
     return FastSpeech2ConformerModel(config)
+
+
+def denormalize_mel(mel: np.ndarray, meta: dict) -> np.ndarray:
+    """A model's standardised log-mel output back to log-mel, with the band statistics it trained on
+    (meta["stats"]["mel"]: [means, stds]; a voice saved without them is returned as it is)."""
+    stats = (meta.get("stats") or {}).get("mel")
+    if not stats:
+        return mel
+    mean, std = (np.asarray(x, np.float32) for x in stats)
+    return mel * std + mean
 
 
 def is_voice_folder(path: Path) -> bool:
@@ -126,7 +137,7 @@ class FastSpeechVoice:
             finally:
                 self.model.config.speaking_speed = 1.0
                 self.model.train(was_training)
-        mel = out.spectrogram[0].float().cpu().numpy()
+        mel = denormalize_mel(out.spectrogram[0].float().cpu().numpy(), self.meta)
         return mel[: MAX_FRAMES_PER_ID * len(ids)]
 
     def synthesize_ids(self, ids: list[int], speed: float = 1.0, seed: int = 0, speaker=None) -> np.ndarray:
