@@ -29,3 +29,23 @@ def test_small_demo_improves_and_serves(tmp_path):
         assert (tmp_path / "demo" / summary["paths"][key].split("/demo/")[-1]).exists()
     assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "demo" / "prepared" / "rejects.jsonl").exists()
+
+
+def test_small_tts_demo_trains_a_voice_that_sounds_more_like_its_speaker(tmp_path):
+    """`speechtune demo --task tts` at CI size: espeak-ng recordings -> prepare --task tts -> a fresh
+    FastSpeech2 voice on joe's phonemes -> compare with joe -> /v1/audio/speech. Even 4 epochs on 24 clips
+    move the voice toward the target speaker (similarity 0.45 -> 0.53 measured), with a CI clear of 0."""
+    import soundfile as sf
+
+    from speechtune.demo_tts import run_tts_demo
+
+    report = run_tts_demo(tmp_path / "demo", size="small")
+    s = report["similarity"]
+    assert s["change"] == "better" and s["ci95"][0] > 0, report["verdict_line"]
+    assert report["verdict_line"].startswith("voice: more like the speaker")
+    for metric in ("cer", "mcd"):
+        assert report[metric]["base"] is not None and report[metric]["change"] in ("better", "worse", "same")
+    wav, rate = sf.read(tmp_path / "demo" / "served.wav")
+    assert rate == 22050 and len(wav) > rate // 2
+    assert (tmp_path / "demo" / "report" / "report.html").read_text().count("<audio") >= 3
+    assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["task"] == "tts"

@@ -31,7 +31,7 @@ SIZES = {"full": dict(n_train=120, n_valid=6, n_test=12, epochs=40, eval_every=1
 DEMO_LR = 2e-3
 
 
-def _recordings(out: Path, size: dict, seed: int) -> Path:
+def _recordings(out: Path, size: dict, seed: int, target: str) -> Path:
     """The target speaker's recordings: one JSONL (audio, text) of espeak-ng readings at 22.05 kHz."""
     from .audio import resample, write_wav
     from .demo_corpus import domain_splits, general_sentences
@@ -42,34 +42,36 @@ def _recordings(out: Path, size: dict, seed: int) -> Path:
     rows = []
     for i, text in enumerate(dict.fromkeys(texts)):
         path = out / "recordings" / f"{i:04d}.wav"
-        write_wav(path, resample(speak(text, voice=TARGET_VOICE), 16000, TARGET_RATE), TARGET_RATE)
+        write_wav(path, resample(speak(text, voice=target), 16000, TARGET_RATE), TARGET_RATE)
         rows.append({"audio": path.name, "text": text})
     manifest = out / "recordings" / "manifest.jsonl"
     write_jsonl(manifest, rows)
     return manifest
 
 
-def run_tts_demo(out: str | Path = "demo_tts_out", size: str = "full", seed: int = 0) -> dict:
+def run_tts_demo(out: str | Path = "demo_tts_out", size: str | dict = "full", seed: int = 0,
+                 target: str = TARGET_VOICE) -> dict:
     """Recordings, prepare, train, compare and serve into `out`; returns the summary it writes to
-    out/demo_summary.json."""
+    out/demo_summary.json. `size` is a SIZES name or a dict of its fields (benchmarks/tts_learn.py),
+    `target` the espeak-ng variant that stands for the speaker."""
     from rich.console import Console
 
     from .steps import Steps
     for name in (".data.prepare", ".train.recipe", ".tts.judge"):
         importlib.import_module(name, __package__)  # a broken install fails now, not after minutes
-    console, out, cfg = Console(), Path(out).resolve(), SIZES[size]
+    console, out, cfg = Console(), Path(out).resolve(), SIZES[size] if isinstance(size, str) else size
     out.mkdir(parents=True, exist_ok=True)
     steps, t0 = Steps(console), time.perf_counter()
 
-    steps.start(1, f"record the target speaker (espeak-ng {TARGET_VOICE}, {TARGET_RATE} Hz)")
-    manifest = _recordings(out, cfg, seed)
+    steps.start(1, f"record the target speaker (espeak-ng {target}, {TARGET_RATE} Hz)")
+    manifest = _recordings(out, cfg, seed, target)
     steps.done()
     prepared = _prepare_step(steps, manifest, out, seed)
     voice_dir = _train_step(steps, prepared, out, cfg, seed)
     result = _compare_step(steps, prepared, voice_dir, out)
     served = _serve_step(steps, voice_dir, out)
 
-    report = {"task": "tts", "base_voice": BASE_VOICE, "start": START, "target": f"espeak-ng {TARGET_VOICE}",
+    report = {"task": "tts", "base_voice": BASE_VOICE, "start": START, "target": f"espeak-ng {target}",
               "verdict": result["verdict"], "verdict_line": result["verdict_line"],
               **{m: result[m] for m in ("similarity", "cer", "wer", "mcd")}, "served": served,
               "step_seconds": {k: round(v, 1) for k, v in steps.times.items()},
