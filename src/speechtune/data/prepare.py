@@ -34,6 +34,7 @@ from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
 from ..files import write_atomic, write_json, write_jsonl
 from ..tts import load_voice
+from ..tts.hearing import base_language, hear, listener_for
 from ..tts.text import normalize as spell_out
 from . import checks, readers, split, tts_checks
 
@@ -359,7 +360,7 @@ def _check_tts_texts(rows: list, ok: list[int], voice, rejects: list) -> tuple[l
     """Normalise the text of rows[ok] for `voice` (numbers and abbreviations spelt out) and reject what the
     voice cannot say; returns the indices kept and, for each, the manifest fields tts adds (the original
     text as raw_text, the sample rate). Rows with no language get the voice's."""
-    language = tts_checks.base_language(voice.language)
+    language = base_language(voice.language)
     kept, extra = [], {}
     for i in ok:
         r = rows[i]
@@ -466,13 +467,12 @@ def _check_transcripts(rows, kept, cfg, rejects, found, progress) -> list[tuple[
     rest and puts the models used and the median CER into `found`."""
     by_model: dict[str, list[int]] = {}
     for k, (i, _) in enumerate(kept):
-        by_model.setdefault(tts_checks.asr_model(rows[i].language), []).append(k)
+        by_model.setdefault(listener_for([rows[i].language]), []).append(k)
     cer, heard = [0.0] * len(kept), [""] * len(kept)
     for name, ks in by_model.items():
-        runtime = tts_checks.load_asr(name)
         for part in _chunks(ks, f"whisper {name}", progress):
             langs = [rows[kept[k][0]].language for k in part]
-            hyps = tts_checks.transcribe(runtime, [load_audio(kept[k][1]["wav"]) for k in part], langs)
+            hyps = hear([load_audio(kept[k][1]["wav"]) for k in part], langs, name)
             for k, h, c in zip(part, hyps, tts_checks.cers([rows[kept[k][0]].text for k in part], hyps, langs)):
                 cer[k], heard[k] = c, h
     found["transcript"] = {"models": sorted(by_model), "max_cer": cfg.max_cer,

@@ -17,6 +17,7 @@ import unicodedata
 import numpy as np
 
 from ..errors import SpeechtuneError
+from ..tts.hearing import base_language
 
 DEFAULT_VOICE = "joe"  # the bundled piper voice en_US-joe-medium (22050 Hz)
 
@@ -49,7 +50,6 @@ MIN_SPEAKER_CLIPS = 3   # a median of fewer clips says nothing about which one i
 # (0.04-0.21 for everyday sentences), so 0.5 rejected 45 of 150 correctly transcribed clips; 0.65 still
 # sits well below a wrong transcript
 MAX_CER = 0.65
-ENGLISH_ASR, MULTILINGUAL_ASR = "tiny.en", "base"   # the bundled Whisper models that check transcripts
 
 # Reason codes a tts run adds to checks.REASONS (add, never rename), in the order the checks run.
 REASONS = {
@@ -80,11 +80,6 @@ SCRIPTS = {
 # an emoji by its name (🍕 -> "pizza"), which no reader says, and "≠" as one of several things one could;
 # ASCII and Latin-1 symbols (+ ° © ®) stay: people say "plus" and "degrees" too.
 PICTOGRAPHS_FROM = 0x2190
-
-
-def base_language(code: str | None) -> str:
-    """"en_US" / "en-us" / "EN" -> "en"; "" for None."""
-    return (code or "").replace("-", "_").split("_")[0].lower()
 
 
 def unreadable(text: str, language: str | None) -> tuple[str, str] | None:
@@ -170,30 +165,6 @@ def speaker_problem(similarity: float, median: float, threshold: float) -> tuple
     return "other_speaker", (f"speaker similarity {similarity:.2f} to the set's median voice, under "
                              f"{threshold:.2f} (the set's median is {median:.2f}): another speaker? A voice is "
                              "fine-tuned on one; --speaker-floor / --speaker-k set the bar")
-
-
-def asr_model(language: str | None) -> str:
-    """The bundled Whisper that checks a transcript: tiny.en for English (or unknown), base otherwise."""
-    return ENGLISH_ASR if base_language(language) in ("", "en") else MULTILINGUAL_ASR
-
-
-def load_asr(name: str):
-    """A runtime for a bundled Whisper, read from its CTranslate2 folder as shipped (no conversion; the
-    fastest runtime on a CPU)."""
-    from ..models.registry import bundled_ct2
-    from ..runtimes import load_runtime
-    return load_runtime(bundled_ct2(name))
-
-
-def transcribe(runtime, wavs_16k: list[np.ndarray], languages: list[str | None]) -> list[str]:
-    """Whisper's greedy text of each 16 kHz clip; a language the model does not know is detected instead."""
-    from ..runtimes import DecodingOptions, transcribe_many
-    known = getattr(runtime, "languages", ())
-    langs = [base_language(lang) if runtime.multilingual and base_language(lang) in known else None
-             for lang in languages]
-    # one greedy decoding (as tts.judge hears voices): the temperature fallback re-decoded most espeak-ng
-    # clips up to six times (1.3 clips/s here); a clip that needs rescuing is a doubtful one anyway
-    return transcribe_many(runtime, wavs_16k, DecodingOptions(safeguards=False), langs)
 
 
 def cers(refs: list[str], hyps: list[str], languages: list[str | None]) -> list[float]:

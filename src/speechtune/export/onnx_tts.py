@@ -19,7 +19,7 @@ speed one: on a CPU onnxruntime's ConvInteger is slower than its fp32 Conv (fast
 
 Parity (`check_voice`): the exported voice and the torch voice read the same sentences (the --data test
 split's texts, else SENTENCES) at three speeds; every sentence must give the same number of frames and log-mel
-frames within MEL_TOLERANCE; for int8 the two voices' intelligibility (Whisper's CER, families.tts) must also
+frames within MEL_TOLERANCE; for int8 the two voices' intelligibility (Whisper's CER, tts.hearing) must also
 stay within MAX_CER_DELTA_PT (when the torch voice is intelligible at all).
 """
 from __future__ import annotations
@@ -215,9 +215,9 @@ def check_voice(model_dir, target, quantization: str = "float32", data=None, max
 
 
 def _intelligibility(torch_voice, onnx_voice, texts: list[str], max_cer_delta: float | None) -> dict:
-    """Whisper's CER of each voice reading `texts` (families.tts.intelligibility), and whether they agree
+    """Whisper's CER of each voice reading `texts` (tts.hearing.intelligibility), and whether they agree
     (always, for a torch voice above UNINTELLIGIBLE_CER: `enforced` false)."""
-    from ..families.tts import intelligibility
+    from ..tts.hearing import intelligibility
     allowed = MAX_CER_DELTA_PT if max_cer_delta is None else max_cer_delta
     cer = {side: intelligibility(v, texts, torch_voice.language)[1]["error_rate"]
            for side, v in (("pytorch", torch_voice), ("exported", onnx_voice))}

@@ -12,7 +12,6 @@ transcribed by the bundled Whisper; the error rate is that transcript's CER agai
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 from ..errors import SpeechtuneError
@@ -106,39 +105,19 @@ def save(model, peft_model, bundle, folder: Path) -> None:
     write_folder(folder, model, bundle.meta, bundle.phonemes)
 
 
-@functools.lru_cache(maxsize=2)
-def _judge(language: str):
-    """The Whisper that hears a voice in `language`, as compare's (tts.judge.whisper_spec), loaded once."""
-    from ..runtimes import load_runtime
-    from ..tts.judge import whisper_spec
-    return load_runtime(whisper_spec("auto", [language])[1])
-
-
 def voice_of(bundle):
     """The bundle's model as a voice (the surface of tts/__init__.py), sharing its weights."""
     from ..tts.fastspeech import FastSpeechVoice
     return FastSpeechVoice(bundle.model, bundle.phonemes, bundle.meta, path=bundle.path)
 
 
-def intelligibility(voice, texts: list[str], language: str | None = "en") -> tuple[list[str], dict]:
-    """(what Whisper hears in `voice` reading each text, score_corpus's CER figures), decoded as compare
-    decodes it (tts.judge.HEARING)."""
-    from ..audio import SAMPLE_RATE, resample
-    from ..metrics.score import score_corpus
-    from ..runtimes import transcribe_many
-    from ..tts.judge import HEARING
-    lang = "en" if (language or "en").startswith("en") else language
-    wavs = [resample(voice.synthesize(t), voice.sample_rate, SAMPLE_RATE) for t in texts]
-    hyps = transcribe_many(_judge(lang), wavs, HEARING, [lang] * len(texts))
-    return hyps, score_corpus(texts, hyps, language=[lang] * len(texts), metric="cer")
-
-
 def score(bundle, eval_set: dict, cfg) -> dict:
     """An evaluation of the voice being trained: intelligibility CER on the set's texts (see the module doc)."""
+    from ..tts.hearing import intelligibility
     was_training = bundle.model.training
     bundle.model.eval()
     try:
-        hyps, s = intelligibility(voice_of(bundle), eval_set["refs"], (eval_set["languages"] or ["en"])[0])
+        hyps, s = intelligibility(voice_of(bundle), eval_set["refs"])
     finally:
         bundle.model.train(was_training)
     return {"error_rate": s["error_rate"], "metric": s["metric"], "examples": list(zip(eval_set["refs"], hyps))[:3]}

@@ -24,7 +24,6 @@ plays (audio/NNN-{reference,base,tuned}.wav) and the mel spectrograms it shows (
 """
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 
@@ -37,13 +36,12 @@ from ..metrics.bootstrap import paired_bootstrap, verdict
 from ..metrics.normalize import guess_language
 from ..metrics.score import score_corpus
 from ..metrics.voice import cosine, frame_levels, mel_cepstral_distortion, speaker_embeddings, trim_silence
-from ..runtimes import DecodingOptions, load_runtime, transcribe_many
+from . import hearing
 
 SIDES = ("base", "tuned")
 # metric -> whether higher is better; the order of metrics.json and the report's table
 METRICS = {"similarity": True, "cer": False, "wer": False, "mcd": False}
 MIN_RESAMPLES = 1000      # as recognition's compare: fewer make a 95% interval's ends noise
-WHISPER_ENGLISH, WHISPER_MULTILINGUAL = "tiny.en", "base"   # the bundled models "auto" picks between
 # A voice's loudest 10 ms frame under this is near-silent: speech peaks around -20 to -6 dBFS.
 NEAR_SILENT_DBFS = -40.0
 # Sane speaking time per letter or character of the text, its pauses trimmed: fast English reads ~0.05 s a
@@ -72,7 +70,7 @@ def judge_voices(base_voice, tuned_voice, data, out: str | Path | None = None, w
     # Speaker embeddings (torch) before Whisper (CTranslate2): on a busy CPU, torch ran 10x slower in a
     # process where a CTranslate2 model had come and gone.
     similarity = similarities(refs, clips)
-    whisper_name, hyps = hear(whisper, clips, languages)
+    whisper_name, hyps = hear_both(whisper, clips, languages)
     per = {side: measure(refs, clips[side], [r["text"] for r in rows], hyps[side], languages)
            | {"similarity": similarity[side]} for side in SIDES}
     result = summarize(where, voices, per, whisper_name, n_resamples, seed)
@@ -117,29 +115,10 @@ def synthesize_all(voice, rows: list[dict], where: str) -> list[np.ndarray]:
     return wavs
 
 
-def whisper_spec(whisper: str, languages: list[str]):
-    """What hears the clips: for "auto" the bundled tiny.en (all English) or base, as their CTranslate2
-    folders (decoded as shipped, nothing converted); else the spec as given."""
-    from ..models import BUNDLED
-    from ..models.registry import bundled_ct2
-    if whisper == "auto":
-        whisper = WHISPER_ENGLISH if set(languages) == {"en"} else WHISPER_MULTILINGUAL
-    return whisper, bundled_ct2(whisper) if whisper in BUNDLED else whisper
-
-
-# How Whisper hears a voice, in compare and in train's evaluations alike: one greedy decoding per clip, as TTS
-# papers score intelligibility. The temperature fallback would re-decode an unclear voice up to six times,
-# rescuing text a listener would not have understood.
-HEARING = DecodingOptions(batch_size=16, safeguards=False)
-
-
-def hear(whisper: str, clips: dict[str, list[np.ndarray]], languages: list[str]) -> tuple[str, dict]:
-    """(the model's name, side -> what it hears in each clip): one model load for both voices."""
-    name, spec = whisper_spec(whisper, languages)
-    runtime = load_runtime(spec)
-    texts = transcribe_many(runtime, clips["base"] + clips["tuned"], HEARING, languages * 2)
-    del runtime
-    gc.collect()
+def hear_both(whisper: str, clips: dict[str, list[np.ndarray]], languages: list[str]) -> tuple[str, dict]:
+    """(the listener's name, side -> what it hears in each clip), through tts.hearing: one model for both."""
+    name = hearing.listener_for(languages) if whisper == "auto" else whisper
+    texts = hearing.hear(clips["base"] + clips["tuned"], languages * 2, name)
     return name, {"base": texts[:len(languages)], "tuned": texts[len(languages):]}
 
 
