@@ -131,8 +131,10 @@ def test_a_voice_trains_resumes_exactly_and_speaks_from_its_folder(recordings, t
 def test_recognition_options_are_refused_for_a_voice(recordings, tmp_path):
     from speechtune.errors import SpeechtuneError
     from speechtune.train.recipe import train
-    with pytest.raises(SpeechtuneError, match="for recognition"):
+    with pytest.raises(SpeechtuneError, match="--no-speech-ratio does nothing"):
         train(_cfg("fastspeech2-tiny", recordings, tmp_path / "o", no_speech_ratio=0.1), progress=False)
+    with pytest.raises(SpeechtuneError, match="--speed-perturb does nothing"):
+        train(_cfg("fastspeech2-tiny", recordings, tmp_path / "o", speed_perturb=[0.9, 1.1]), progress=False)
 
 
 def test_a_trained_voice_folder_is_served_through_the_openai_client(tmp_path, joe):
@@ -154,3 +156,17 @@ def test_a_trained_voice_folder_is_served_through_the_openai_client(tmp_path, jo
     wav, rate = sf.read(io.BytesIO(data), dtype="float32")
     assert rate == 22050 and len(wav) == len(expected)
     np.testing.assert_allclose(wav, expected, atol=2 / 32768)  # 16-bit WAV: rounding and 32767 vs 32768 scale
+
+
+def test_recognition_data_is_refused_for_a_voice(recordings, tmp_path):
+    """A folder prepared for recognition (16 kHz, no sample_rate) is not silently resampled into a voice."""
+    from speechtune.errors import SpeechtuneError
+    from speechtune.train.recipe import train
+    data = tmp_path / "asr"
+    data.mkdir()
+    rows = [json.loads(l) for l in (recordings / "train.jsonl").read_text().splitlines()]
+    (data / "train.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "sample_rate"}) + "\n"
+                                              for r in rows))
+    with pytest.raises(SpeechtuneError, match="speaks at 22050 Hz") as e:
+        train(_cfg("fastspeech2-tiny", data, tmp_path / "o"), progress=False)
+    assert "--task tts" in e.value.hint

@@ -161,3 +161,8 @@ def test_compare_cli_judges_two_voices(prepared, tmp_path, capsys):
     assert (out / "report.html").is_file()
     assert main(["compare", "--base", "joe", "--tuned", "joe", "--data", str(tmp_path / "none.jsonl"),
                  "--out", str(out), "--resamples", "1000"]) == 2
+    capsys.readouterr()
+    # one voice and one spec that is not: the error names the other side, not a recognition-model error
+    assert main(["compare", "--base", "joe", "--tuned", "no-such-voice", "--data", str(prepared / "two.jsonl"),
+                 "--out", str(out)]) == 2
+    assert "--tuned no-such-voice: the other side is a voice" in capsys.readouterr().err

@@ -266,9 +266,19 @@ def hallucination_failure(result: dict) -> str | None:
 
 
 def both_voices(base, tuned) -> bool:
-    """Whether --base and --tuned are both voices (text to speech), which compare judges as voices."""
-    from .tts import is_voice
-    return is_voice(base) and is_voice(tuned)
+    """Whether --base and --tuned are both voices (text to speech), which compare judges as voices. One voice
+    and one spec that is not is an error naming what is wrong with the other (a typo, an uninstalled voice),
+    not a recognition error about the voice."""
+    from .tts import is_voice, resolve_voice
+    voices = [is_voice(base), is_voice(tuned)]
+    if any(voices) and not all(voices):
+        other, flag = (tuned, "--tuned") if voices[0] else (base, "--base")
+        try:
+            resolve_voice(other)
+        except SpeechtuneError as e:
+            raise SpeechtuneError(f"{flag} {other}: the other side is a voice, this is not one ({e.message})",
+                                  "compare two voices, or two recognition models") from None
+    return all(voices)
 
 
 def voice_main(args) -> int:

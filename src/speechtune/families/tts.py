@@ -26,6 +26,11 @@ MODES = ("full",)
 DEFAULT_LR = {"full": 1e-3}
 FINE_TUNE_LR = 2e-4
 EXPORT_FORMATS = ("onnx",)
+DEFAULT_BASE_VOICE = "joe"   # the bundled piper voice a new voice learns its phonemes and durations from
+# train options that mean nothing for a voice (recognition's data tricks, and checkpointing, which
+# transformers' FastSpeech2 does not implement): train refuses them rather than ignore them
+UNSUPPORTED_OPTIONS = ("mix", "no_speech_ratio", "speed_perturb", "noise_snr", "spec_augment",
+                       "gradient_checkpointing")
 
 
 @dataclasses.dataclass
@@ -40,15 +45,26 @@ class VoiceBundle:
     multilingual: bool = False
 
 
-def load(spec, device: str | None = None, dtype=None, base_voice: str | None = None):
-    """A VoiceBundle for a size name (fresh model) or a FastSpeech2 voice folder."""
+def _base_voice(spec):
+    """The piper voice that aligns recordings: one whose graph reports its phoneme durations."""
     from ..tts import load_voice
+    voice = load_voice(spec)
+    if not voice.has_durations:
+        raise SpeechtuneError(f"--voice {spec}: a voice whose durations are predictions cannot align "
+                              "recordings", f"pass a piper VITS voice (e.g. {DEFAULT_BASE_VOICE}), the one the "
+                              "new voice learns its phonemes and durations from")
+    return voice
+
+
+def load(spec, device: str | None = None, dtype=None, base_voice: str | None = None):
+    """A VoiceBundle for a size name (fresh model) or a FastSpeech2 voice folder. `base_voice`: the piper
+    voice to align with (default: the folder's own base voice, else joe)."""
     from ..tts.fastspeech import FastSpeechVoice, is_voice_folder, new_model
     if str(spec) in NAMED_MODELS:
-        voice = load_voice(base_voice or "joe")
+        voice = _base_voice(base_voice or DEFAULT_BASE_VOICE)
         model = new_model(int(voice.config.get("num_symbols") or 1 + max(max(v) for v in voice.id_map.values())),
                           str(spec))
-        meta = {"name": str(spec), "sample_rate": voice.sample_rate, "base_voice": base_voice or "joe",
+        meta = {"name": str(spec), "sample_rate": voice.sample_rate, "base_voice": str(voice.path),
                 "vocoder": "griffin-lim"}
         return VoiceBundle(model.to(device or "cpu"), voice, voice.config, meta, None, fresh=True)
     path = Path(str(spec)).expanduser()
@@ -56,7 +72,7 @@ def load(spec, device: str | None = None, dtype=None, base_voice: str | None = N
         raise SpeechtuneError(f"model '{spec}': not a FastSpeech2 voice folder written by speechtune",
                               f"start from {' or '.join(NAMED_MODELS)}, or a folder `speechtune train` wrote")
     v = FastSpeechVoice.load(path)
-    voice = load_voice(base_voice or v.meta.get("base_voice") or "joe")
+    voice = _base_voice(base_voice or v.meta.get("base_voice") or DEFAULT_BASE_VOICE)
     phonemes = voice.config
     if {k: list(x) for k, x in phonemes["phoneme_id_map"].items()} != v.text.id_map:
         raise SpeechtuneError(f"{path}: its phonemes are not those of voice {voice.name}",
@@ -69,7 +85,18 @@ def resolve(spec) -> Path:
 
 
 def load_for_training(cfg, rows: list[dict], device: str | None = None, dtype=None):
-    return load(cfg.model, device=device, base_voice=cfg.voice)
+    """The voice to train, named after its output folder (what serve and compare will call it); refuses
+    recordings at another rate than the base voice's (recognition data: prepare them with --task tts)."""
+    bundle = load(cfg.model, device=device, base_voice=cfg.voice)
+    rate = bundle.base_voice.sample_rate
+    for r in rows:
+        if int(r.get("sample_rate") or 0) != rate:
+            raise SpeechtuneError(f"{r.get('source', cfg.data)}:{r.get('line', '?')}: "
+                                  f"{r.get('sample_rate') or 'no'} sample_rate; voice {bundle.base_voice.name} "
+                                  f"speaks at {rate} Hz", f"prepare the recordings with `speechtune prepare "
+                                  f"--task tts --voice {cfg.voice or DEFAULT_BASE_VOICE}`")
+    bundle.meta["name"] = Path(cfg.out).name or bundle.meta["name"]
+    return bundle
 
 
 def default_lr(cfg, bundle) -> float:

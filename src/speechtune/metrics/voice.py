@@ -31,10 +31,10 @@ def speaker_embeddings(wavs: list[np.ndarray], sample_rate: int) -> np.ndarray:
     """One unit-length 256-d speaker embedding per clip ([n, 256] float32). Clips are resampled to 16 kHz and
     their silences cut (resemblyzer's preprocess_wav) first; a clip with no voiced audio left gets a zero row,
     which has similarity 0 to everything."""
+    encoder = _encoder()   # first: its import error is the one-line one
     from resemblyzer import preprocess_wav
 
     from ..audio import resample
-    encoder = _encoder()
     out = np.zeros((len(wavs), 256), np.float32)
     for i, wav in enumerate(wavs):
         x = resample(np.asarray(wav, np.float32), sample_rate, ENCODER_RATE)

@@ -19,7 +19,7 @@ class TrainConfig:
     out: str = field(default="", metadata={"help": "output model folder"})
     mode: str | None = field(default=None, metadata={"help": MODES_HELP})
     language: str | None = field(default=None, metadata={"help": "language for clips whose manifest line has none (multilingual models)"})
-    voice: str = field(default="joe", metadata={"help": "TTS: the base piper voice whose phonemes, sample rate and readings (for the phoneme durations of each recording) a FastSpeech2 voice learns with"})
+    voice: str | None = field(default=None, metadata={"help": "TTS: the base piper voice whose phonemes, sample rate and readings (for the phoneme durations of each recording) a FastSpeech2 voice learns with (default: a voice folder's own, else joe)"})
     guard: str | None = field(default=None, metadata={"help": "general-speech manifest evaluated at every eval; best checkpoint must not get worse on it"})
     guard_threshold: float = field(default=1.0, metadata={"help": "allowed guard error-rate increase over the base model, in points"})
     mix: str | None = field(default=None, metadata={"help": "general-speech manifest mixed into the training clips, an anchor against forgetting (keep it apart from --guard)"})

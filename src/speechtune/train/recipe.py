@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..config import add_dataclass_args, build_config, save_config
 from ..errors import SpeechtuneError
-from .config import TrainConfig
+from .config import TrainConfig, train_default
 
 # options that may change between a run and its resumption (they change where logs go and how fast data
 # arrives, never what is trained)
@@ -83,10 +83,11 @@ def _check(cfg: TrainConfig, family) -> TrainConfig:
     reporters(cfg)  # an unknown or uninstalled reporter is refused before the model loads
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise SpeechtuneError("nothing to train: set --epochs or --max-steps above 0")
+    for name in getattr(family, "UNSUPPORTED_OPTIONS", ()):
+        if getattr(cfg, name) != train_default(name):
+            raise SpeechtuneError(f"--{name.replace('_', '-')} does nothing for {cfg.model}, a {family.NAME} "
+                                  "model", "leave it out")
     if family.TASK != "asr":
-        if cfg.mix or cfg.no_speech_ratio:
-            raise SpeechtuneError(f"--mix and --no-speech-ratio are for recognition; {cfg.model} is a "
-                                  f"{family.NAME} model", "leave them out")
         cfg = dataclasses.replace(cfg, eval_no_speech=False)  # a voice writes no text to hallucinate
     if cfg.lr is not None and cfg.lr <= 0:
         raise SpeechtuneError(f"option lr: must be positive, got {cfg.lr}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpeechtuneError
-from .features import HOP_LENGTH, N_FFT, n_frames
+from .features import HOP_LENGTH, N_FFT, n_frames, require_librosa
 
 N_MFCC = 20   # coefficients compared (c1..c19 after c0 is dropped)
 
@@ -31,12 +31,16 @@ def render(voice, sentences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     if not getattr(voice, "has_durations", False):
         raise SpeechtuneError(f"voice {voice.name}: its graph does not report phoneme durations",
                               "align with a piper VITS voice (e.g. the bundled joe)")
+    if voice.hop_length != HOP_LENGTH:
+        raise SpeechtuneError(f"voice {voice.name}: {voice.hop_length} samples per frame; alignment and the "
+                              f"mel features use {HOP_LENGTH}", "align with a piper voice of 256-sample frames "
+                              "(piper's medium and high voices)")
     parts = [voice.render_ids(ids) for ids in sentences]
     return np.concatenate([a for a, _ in parts]), np.concatenate([d for _, d in parts])
 
 
 def _mfcc(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    import librosa
+    librosa = require_librosa()
     m = librosa.feature.mfcc(y=np.asarray(wav, np.float32), sr=sample_rate, n_mfcc=N_MFCC, n_fft=N_FFT,
                              hop_length=HOP_LENGTH)[1:]
     return (m - m.mean(axis=1, keepdims=True)) / (m.std(axis=1, keepdims=True) + 1e-6)
@@ -45,7 +49,7 @@ def _mfcc(wav: np.ndarray, sample_rate: int) -> np.ndarray:
 def warp_durations(ref_durations: np.ndarray, ref_wav: np.ndarray, wav: np.ndarray, sample_rate: int) -> np.ndarray:
     """Durations of the same ids in `wav`: `ref_durations` (frames of `ref_wav`) moved along the DTW path.
     They sum to n_frames(len(wav)), the length of the recording's log-mel."""
-    import librosa
+    librosa = require_librosa()
     total = n_frames(len(wav))
     ref, tgt = _mfcc(ref_wav, sample_rate), _mfcc(wav, sample_rate)
     _, path = librosa.sequence.dtw(X=ref, Y=tgt, metric="euclidean")

@@ -27,7 +27,10 @@ def _clip_features(row: dict, voice) -> dict:
     except AudioError as e:
         raise SpeechtuneError(f"{row.get('source', row['audio'])}: {e.reason} ({e.detail})",
                               "re-run `speechtune prepare --task tts`") from None
-    ids, durations = align.align(voice, row["text"], wav, voice.sample_rate)
+    try:
+        ids, durations = align.align(voice, row["text"], wav, voice.sample_rate)
+    except SpeechtuneError as e:
+        raise SpeechtuneError(f"{row.get('source', row['audio'])}:{row.get('line', '?')}: {e.message}", e.hint) from None
     f0, energy = features.pitch(wav, voice.sample_rate), features.energy(wav)
     log_f0 = np.where(f0 > 0, np.log(np.maximum(f0, 1.0)), 0.0)
     return {"ids": ids, "durations": durations, "mel": features.log_mel(wav, voice.sample_rate),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,9 @@ PRESETS = {
                              energy_predictor_channels=128, pitch_predictor_channels=128,
                              pitch_predictor_layers=2, decoder_kernel_size=15),
 }
-MAX_FRAMES_PER_ID = 40  # a predicted duration above this (0.46 s for one phoneme id) is a broken model's
+# a sentence's output is cut at this many frames per phoneme id (0.46 s each, about 10x a normal reading): a
+# broken model's runaway durations cannot fill memory or minutes of audio
+MAX_FRAMES_PER_ID = 40
 
 
 def new_model(num_symbols: int, preset: str = "fastspeech2-tiny", sample_rate: int = 22050):
@@ -46,6 +49,17 @@ def new_model(num_symbols: int, preset: str = "fastspeech2-tiny", sample_rate: i
         raise SpeechtuneError(f"unknown voice model size {preset!r}", f"choose from: {', '.join(PRESETS)}")
     config = FastSpeech2ConformerConfig(vocab_size=num_symbols, num_mel_bins=features.N_MELS, **PRESETS[preset])
     return FastSpeech2ConformerModel(config)
+
+
+_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model) -> threading.Lock:
+    """One lock per model object, whichever voice wraps it: a call sets speaking_speed on the model's shared
+    config and switches it to eval mode, so two calls on one model must not overlap."""
+    with _locks_guard:
+        return _locks.setdefault(model, threading.Lock())
 
 
 def denormalize_mel(mel: np.ndarray, meta: dict) -> np.ndarray:
@@ -94,10 +108,16 @@ class FastSpeechVoice:
         self.model, self.meta, self.path = model, meta, Path(path) if path else None
         self.name = meta.get("name") or (self.path.name if self.path else "fastspeech2")
         self.aliases = tuple(dict.fromkeys([self.name, *aliases]))
-        self.sample_rate = int(meta["sample_rate"])
-        self.text = PiperText(phonemes, max_chars)
+        where = self.path / VOICE_FILE if self.path else "the voice"
+        try:
+            self.sample_rate = int(meta["sample_rate"])
+            self.text = PiperText(phonemes, max_chars)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise SpeechtuneError(f"{where}: incomplete voice files ({e.__class__.__name__}: {e})",
+                                  "re-run `speechtune train`, which writes a complete folder") from None
+        self.config, self.id_map = phonemes, self.text.id_map   # as a piper voice has them
         self.language, self.max_chars = self.text.language, max_chars
-        self._lock = threading.Lock()  # speaking_speed is set on the shared config for one call
+        self.has_durations = False   # its durations are predictions: it cannot align recordings
 
     @classmethod
     def load(cls, folder: Path, threads: int = 0, max_chars: int = MAX_CHARS, aliases=()) -> "FastSpeechVoice":
@@ -128,12 +148,13 @@ class FastSpeechVoice:
     def mel_ids(self, ids: list[int], speed: float = 1.0) -> np.ndarray:
         """One sentence's ids -> its predicted log-mel frames [n_frames, N_MELS]."""
         import torch
-        with self._lock, torch.no_grad():
+        with model_lock(self.model), torch.no_grad():
             was_training = self.model.training
             self.model.eval()
             self.model.config.speaking_speed = 1.0 / speed  # FastSpeech2 multiplies durations by it
             try:
-                out = self.model(input_ids=torch.tensor([ids]), return_dict=True)
+                device = next(self.model.parameters()).device  # a model training on a GPU is evaluated there
+                out = self.model(input_ids=torch.tensor([ids], device=device), return_dict=True)
             finally:
                 self.model.config.speaking_speed = 1.0
                 self.model.train(was_training)

@@ -11,6 +11,8 @@ import functools
 
 import numpy as np
 
+from ..errors import SpeechtuneError
+
 N_FFT = 1024        # STFT size (46 ms at 22.05 kHz)
 HOP_LENGTH = 256    # samples per frame
 N_MELS = 80         # mel bands, as FastSpeech2Conformer's default num_mel_bins
@@ -21,18 +23,28 @@ VOICED_DB = -35.0   # a frame this far below the clip's loudest frame is unvoice
 GRIFFIN_LIM_ITERS = 32  # more iterations sound barely better and cost linearly (librosa's default)
 
 
+def require_librosa():
+    """librosa, or a one-line error saying how to install it (the tts extra)."""
+    try:
+        import librosa as module
+    except ModuleNotFoundError:
+        raise SpeechtuneError("training and aligning voices needs librosa, which is not installed",
+                              "pip install 'speechtune[tts]'") from None
+    return module
+
+
 def n_frames(n_samples: int) -> int:
     return 1 + n_samples // HOP_LENGTH
 
 
 def _stft_magnitude(wav: np.ndarray) -> np.ndarray:
-    import librosa
+    librosa = require_librosa()
     return np.abs(librosa.stft(np.asarray(wav, np.float32), n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT))
 
 
 @functools.lru_cache(maxsize=4)
 def _mel_basis(sample_rate: int) -> np.ndarray:
-    import librosa
+    librosa = require_librosa()
     return librosa.filters.mel(sr=sample_rate, n_fft=N_FFT, n_mels=N_MELS, fmin=F_MIN, fmax=F_MAX)
 
 
@@ -56,7 +68,7 @@ def energy(wav: np.ndarray) -> np.ndarray:
 
 def pitch(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     """[n_frames] f0 in Hz (YIN), 0 where the frame is unvoiced (quieter than VOICED_DB below the loudest)."""
-    import librosa
+    librosa = require_librosa()
     wav = np.asarray(wav, np.float32)
     f0 = librosa.yin(wav, fmin=PITCH_RANGE[0], fmax=PITCH_RANGE[1], sr=sample_rate, frame_length=N_FFT,
                      hop_length=HOP_LENGTH)
@@ -82,7 +94,7 @@ def token_average(values: np.ndarray, durations: np.ndarray, voiced_only: bool =
 
 def to_audio(log_mel_frames: np.ndarray, sample_rate: int) -> np.ndarray:
     """A log-mel spectrogram [n_frames, N_MELS] -> float32 audio (Griffin-Lim), peak-normalised to 0.95."""
-    import librosa
+    librosa = require_librosa()
     mel = np.exp(np.asarray(log_mel_frames, np.float32).T)
     magnitude = np.maximum(_mel_inverse(sample_rate) @ mel, 0.0)
     wav = librosa.griffinlim(magnitude, n_iter=GRIFFIN_LIM_ITERS, hop_length=HOP_LENGTH, win_length=N_FFT,
