@@ -208,6 +208,7 @@ def check_voice(model_dir, target, quantization: str = "float32", data=None, max
         result["intelligibility"] = _intelligibility(torch_voice, onnx_voice, texts, max_cer_delta)
         passed = result["intelligibility"]["passed"]
     result["passed"] = passed
+    result["line"] = parity_line(result)
     if not passed:
         raise ParityError(f"parity check failed on {where}: {parity_line(result)}",
                           "inspect the export, or export --quantization float32", result)

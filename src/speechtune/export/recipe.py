@@ -27,6 +27,12 @@ MAX_WER_DELTA_PT = 0.5
 # (family, format) -> the module and function that write it: a format a family lists in EXPORT_FORMATS
 EXPORTERS = {("whisper", "ct2"): ("ct2", "export_ct2"), ("whisper", "onnx"): ("onnx", "export_onnx"),
              ("ctc", "onnx"): ("onnx_ctc", "export_ctc_onnx"), ("tts", "onnx"): ("onnx_tts", "export_tts_onnx")}
+# family -> the module and function of its own parity check, run on every export (its result carries the
+# `line` the console prints); a family not listed is checked by parity.check on --data, when given
+PARITY = {"tts": ("onnx_tts", "check_voice")}
+# families whose export folders hold no weights to export again (an exported voice is an ONNX graph; a CT2
+# Whisper folder, by contrast, is a Whisper spec that converts back)
+EXPORT_ONLY = ("tts",)
 
 
 def add_arguments(p) -> None:
@@ -66,9 +72,10 @@ def _parity(family: str, model_dir: Path, target: Path, quantization: str, data,
             options: DecodingOptions | None, progress: bool) -> dict | None:
     """The family's parity check of the export in `target` (raises ParityError), or None when it has none
     to run: a recognition model is checked on --data only, a voice always."""
-    if family == "tts":
-        from .onnx_tts import check_voice
-        return check_voice(model_dir, target, quantization, data, max_wer_delta, progress)
+    if family in PARITY:
+        module, name = PARITY[family]
+        check_family = getattr(importlib.import_module(f".{module}", __package__), name)
+        return check_family(model_dir, target, quantization, data, max_wer_delta, progress)
     if not data:
         return None
     from .parity import check
@@ -98,7 +105,7 @@ def export(model, fmt: str, out, quantization: str | None = None, data=None, max
     if fmt not in FORMATS:
         raise SpeechtuneError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
     done = export_meta(model)
-    if done.get("family") == "tts":  # an exported voice holds no weights to export; its source does
+    if done.get("family") in EXPORT_ONLY:
         raise SpeechtuneError(f"{model} is already an export ({done.get('format')}, {done.get('quantization')})",
                               f"export the folder it was made from: {done.get('source_dir')}")
     family = family_for(model)
@@ -138,9 +145,8 @@ def main(args) -> int:
     print(f"exported {args.model} -> {args.out} ({args.format}, {summary['quantization']}): "
           f"{mb['export']:.1f} MB on disk (source weights {mb['source']:.1f} MB)")
     p = summary["parity"]
-    if p and summary["family"] == "tts":
-        from .onnx_tts import parity_line
-        print(f"parity on {p['data']}: {parity_line(p)}: ok")
+    if p and "line" in p:
+        print(f"parity on {p['data']}: {p['line']}: ok")
     elif p:
         m = p["metric"].upper()
         print(f"parity on {p['data']} ({p['clips']} clips): PyTorch {m} {100 * p['pytorch']['error_rate']:.2f}% "

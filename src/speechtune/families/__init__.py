@@ -26,7 +26,8 @@ takes the formats they list.
 and, optionally:
 
     NAMED_MODELS              specs the family owns by name (tts: "fastspeech2-tiny", a fresh model)
-    score(bundle, eval_set, cfg) -> {"error_rate", "metric", "examples"}: how train's evaluations judge the
+    UNSUPPORTED_OPTIONS       TrainConfig fields train refuses for the family when set (tts: --mix, ...)
+    score(bundle, eval_set, cfg) -> {"error_rate", "metric"}: how train's evaluations judge the
                               model, when not by transcribing the set's audio (tts: Whisper's CER on what the
                               voice says)
 

@@ -169,7 +169,7 @@ def _loss_of(info: ModelInfo, model, batch: dict):
 def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = False):
     """The model set up for the mode, its optimizer, and a function that runs one training step of
     speechtune train's (train.loop.train_step: `grad_accum` micro-batches, clipping, AdamW) on a random batch."""
-    from ..families import ctc, tts, whisper
+    from ..families import FAMILIES
     from ..train.config import train_default
     from ..train.loop import adamw, new_accelerator, train_step
 
@@ -178,7 +178,7 @@ def build_training(info: ModelInfo, s: Setup, device: str, load_weights: bool = 
     batch = _random_batch(info, config, s, device)
     accelerator = new_accelerator({"fp32": "no"}.get(s.precision, s.precision),
                                   cpu=not str(device).startswith("cuda"))
-    family = {"ctc": ctc, "tts": tts}.get(info.family, whisper)
+    family = next(f for f in FAMILIES if f.NAME == info.family)
     optimizer = adamw(model, family.DEFAULT_LR.get(s.mode, min(family.DEFAULT_LR.values())),
                       train_default("weight_decay"))
     # the model stays on `device` (accelerate would pick its own GPU)
