@@ -115,13 +115,9 @@ def _named_voices() -> tuple:
 
 
 def fresh_voice_config(preset: str, num_symbols: int = JOE_SYMBOLS):
-    """The config of the fresh FastSpeech2 voice `speechtune train --model PRESET` builds on joe's phonemes
-    (tts.fastspeech.new_model's)."""
-    import transformers
-
-    from ..tts.features import N_MELS
-    from ..tts.fastspeech import PRESETS
-    return transformers.FastSpeech2ConformerConfig(vocab_size=num_symbols, num_mel_bins=N_MELS, **PRESETS[preset])
+    """The config of the fresh FastSpeech2 voice `speechtune train --model PRESET` builds on joe's phonemes."""
+    from ..tts.fastspeech import new_config
+    return new_config(num_symbols, preset)
 
 
 def voice_sample_rate(info: ModelInfo) -> int:

@@ -42,13 +42,19 @@ PRESETS = {
 MAX_FRAMES_PER_ID = 40
 
 
-def new_model(num_symbols: int, preset: str = "fastspeech2-tiny", sample_rate: int = 22050):
-    """An untrained FastSpeech2ConformerModel for a piper phoneme map of `num_symbols` ids."""
-    from transformers import FastSpeech2ConformerConfig, FastSpeech2ConformerModel
+def new_config(num_symbols: int, preset: str = "fastspeech2-tiny"):
+    """The FastSpeech2ConformerConfig of a fresh voice of size `preset` on a phoneme map of `num_symbols` ids
+    (train builds it; estimate plans it)."""
+    from transformers import FastSpeech2ConformerConfig
     if preset not in PRESETS:
         raise SpeechtuneError(f"unknown voice model size {preset!r}", f"choose from: {', '.join(PRESETS)}")
-    config = FastSpeech2ConformerConfig(vocab_size=num_symbols, num_mel_bins=features.N_MELS, **PRESETS[preset])
-    return FastSpeech2ConformerModel(config)
+    return FastSpeech2ConformerConfig(vocab_size=num_symbols, num_mel_bins=features.N_MELS, **PRESETS[preset])
+
+
+def new_model(num_symbols: int, preset: str = "fastspeech2-tiny"):
+    """An untrained FastSpeech2ConformerModel (new_config's)."""
+    from transformers import FastSpeech2ConformerModel
+    return FastSpeech2ConformerModel(new_config(num_symbols, preset))
 
 
 _locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
