@@ -115,3 +115,40 @@ def kill_at(monkeypatch, step: int) -> None:
         if s == step:
             raise Killed
     monkeypatch.setattr(loop, "after_step", hook)
+
+
+def build_tiny_voice(folder: Path, joe) -> Path:
+    """A random FastSpeech2 voice folder on joe's phonemes, 32 wide (smaller than fastspeech2-tiny)."""
+    import torch
+    from transformers import FastSpeech2ConformerConfig, FastSpeech2ConformerModel
+
+    from speechtune.tts.fastspeech import write_folder
+    torch.manual_seed(0)
+    config = FastSpeech2ConformerConfig(
+        vocab_size=joe.config["num_symbols"], hidden_size=32, encoder_layers=1, decoder_layers=1,
+        encoder_linear_units=64, decoder_linear_units=64, speech_decoder_postnet_layers=2,
+        speech_decoder_postnet_units=32, duration_predictor_channels=32, energy_predictor_channels=32,
+        pitch_predictor_channels=32, pitch_predictor_layers=1, decoder_kernel_size=7)
+    meta = {"name": "tiny", "sample_rate": joe.sample_rate, "base_voice": "joe", "vocoder": "griffin-lim"}
+    write_folder(folder, FastSpeech2ConformerModel(config), meta, joe.config)
+    return folder
+
+
+def assert_served_like_the_voice(folder: Path, text: str = "Good morning.") -> None:
+    """`serve --voice FOLDER` answers /v1/audio/speech (through the openai client) with the voice's own
+    samples, up to 16-bit WAV rounding."""
+    import io
+
+    import openai
+    import soundfile as sf
+
+    from speechtune.serve.recipe import start_server
+    from speechtune.tts import load_voice
+    expected = load_voice(folder).synthesize(text)
+    with start_server("", voice=str(folder), api_key="k") as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
+        data = client.audio.speech.create(model="tts-1", voice=str(folder), input=text,
+                                          response_format="wav").content
+    wav, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == 22050 and len(wav) == len(expected)
+    np.testing.assert_allclose(wav, expected, atol=2 / 32768)  # 16-bit WAV: rounding and 32767 vs 32768 scale

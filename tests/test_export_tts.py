@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.conftest import assert_served_like_the_voice, build_tiny_voice
+
 from speechtune.errors import SpeechtuneError
 from speechtune.export import export
 
@@ -15,27 +17,10 @@ SENTENCES = ["Yes.", "The nurse measured the blood pressure.",
              "Please schedule the follow-up meeting for tomorrow morning, and check the dashboards after lunch."]
 
 
-def tiny_voice(folder, joe):
-    """A random FastSpeech2 voice folder on joe's phonemes, 32 wide (as test_tts_train's)."""
-    import torch
-    from transformers import FastSpeech2ConformerConfig, FastSpeech2ConformerModel
-
-    from speechtune.tts.fastspeech import write_folder
-    torch.manual_seed(0)
-    config = FastSpeech2ConformerConfig(
-        vocab_size=joe.config["num_symbols"], hidden_size=32, encoder_layers=1, decoder_layers=1,
-        encoder_linear_units=64, decoder_linear_units=64, speech_decoder_postnet_layers=2,
-        speech_decoder_postnet_units=32, duration_predictor_channels=32, energy_predictor_channels=32,
-        pitch_predictor_channels=32, pitch_predictor_layers=1, decoder_kernel_size=7)
-    meta = {"name": "tiny", "sample_rate": joe.sample_rate, "base_voice": "joe", "vocoder": "griffin-lim"}
-    write_folder(folder, FastSpeech2ConformerModel(config), meta, joe.config)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def voice_dir(tmp_path_factory):
     from speechtune.tts import load_voice
-    return tiny_voice(tmp_path_factory.mktemp("voice") / "tiny", load_voice("joe"))
+    return build_tiny_voice(tmp_path_factory.mktemp("voice") / "tiny", load_voice("joe"))
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +77,8 @@ def test_the_export_folder_is_a_voice(voice_dir, exported):
 
 
 def test_serve_speaks_with_the_exported_voice(exported):
-    import io
-
-    import openai
-    import soundfile as sf
-
-    from speechtune.serve.recipe import start_server
-    from speechtune.tts import load_voice
     _, out = exported
-    expected = load_voice(out).synthesize("Good morning.")
-    with start_server("", voice=str(out), api_key="k") as s:
-        client = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
-        data = client.audio.speech.create(model="tts-1", voice=str(out), input="Good morning.",
-                                          response_format="wav").content
-    wav, rate = sf.read(io.BytesIO(data), dtype="float32")
-    assert rate == 22050 and len(wav) == len(expected)
-    np.testing.assert_allclose(wav, expected, atol=2 / 32768)  # 16-bit WAV rounding
+    assert_served_like_the_voice(out)
 
 
 def test_bad_input_is_a_one_line_error_and_leaves_nothing(voice_dir, exported, tmp_path):

@@ -4,10 +4,11 @@ base voice is the bundled piper joe (a test dependency)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import assert_served_like_the_voice, build_tiny_voice
 
 SENTENCES = ["the patient was given metoprolol", "start lisinopril and check the pulse",
              "please schedule the meeting for tomorrow", "the weather is nice today",
@@ -37,23 +38,6 @@ def recordings(tmp_path_factory):
             rows.append({"audio": str(path), "text": text, "duration": len(wav) / 22050, "sample_rate": 22050})
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
-
-
-def _tiny_voice(folder: Path, joe) -> Path:
-    """A random FastSpeech2 voice folder on joe's phonemes, smaller than the fastspeech2-tiny preset."""
-    import torch
-    from transformers import FastSpeech2ConformerConfig, FastSpeech2ConformerModel
-
-    from speechtune.tts.fastspeech import write_folder
-    torch.manual_seed(0)
-    config = FastSpeech2ConformerConfig(
-        vocab_size=joe.config["num_symbols"], hidden_size=32, encoder_layers=1, decoder_layers=1,
-        encoder_linear_units=64, decoder_linear_units=64, speech_decoder_postnet_layers=2,
-        speech_decoder_postnet_units=32, duration_predictor_channels=32, energy_predictor_channels=32,
-        pitch_predictor_channels=32, pitch_predictor_layers=1, decoder_kernel_size=7)
-    meta = {"name": "tiny", "sample_rate": joe.sample_rate, "base_voice": "joe", "vocoder": "griffin-lim"}
-    write_folder(folder, FastSpeech2ConformerModel(config), meta, joe.config)
-    return folder
 
 
 def _cfg(model, data, out, **kw):
@@ -92,7 +76,7 @@ def test_a_recording_at_another_rate_is_refused(joe):
 def test_the_tts_family_is_picked_by_name_and_by_folder(tmp_path, joe):
     from speechtune.families import family_for, tts
     assert family_for("fastspeech2-tiny") is tts
-    assert family_for(_tiny_voice(tmp_path / "v", joe)) is tts
+    assert family_for(build_tiny_voice(tmp_path / "v", joe)) is tts
 
 
 def test_a_voice_trains_resumes_exactly_and_speaks_from_its_folder(recordings, tmp_path, joe, monkeypatch):
@@ -101,7 +85,7 @@ def test_a_voice_trains_resumes_exactly_and_speaks_from_its_folder(recordings, t
     from speechtune.train.recipe import train
     from speechtune.tts import is_voice, load_voice
     from tests.conftest import Killed, kill_at
-    start = _tiny_voice(tmp_path / "start", joe)
+    start = build_tiny_voice(tmp_path / "start", joe)
     ref = train(_cfg(start, recordings, tmp_path / "ref"), progress=False)
     log = [json.loads(l) for l in (ref / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if r["event"] == "train"]
@@ -140,22 +124,8 @@ def test_recognition_options_are_refused_for_a_voice(recordings, tmp_path):
 def test_a_trained_voice_folder_is_served_through_the_openai_client(tmp_path, joe):
     """`serve --voice FOLDER`: /v1/audio/speech speaks with a FastSpeech2 voice, the same samples as the
     voice itself gives (a random model here: what counts is the path, not the sound)."""
-    import io
-
-    import openai
-    import soundfile as sf
-
-    from speechtune.serve.recipe import start_server
-    from speechtune.tts import load_voice
-    folder = _tiny_voice(tmp_path / "voice", joe)
-    expected = load_voice(folder).synthesize("Good morning.")
-    with start_server("", voice=str(folder), api_key="k") as s:
-        client = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
-        data = client.audio.speech.create(model="tts-1", voice=str(folder), input="Good morning.",
-                                          response_format="wav").content
-    wav, rate = sf.read(io.BytesIO(data), dtype="float32")
-    assert rate == 22050 and len(wav) == len(expected)
-    np.testing.assert_allclose(wav, expected, atol=2 / 32768)  # 16-bit WAV: rounding and 32767 vs 32768 scale
+    folder = build_tiny_voice(tmp_path / "voice", joe)
+    assert_served_like_the_voice(folder)
 
 
 def test_recognition_data_is_refused_for_a_voice(recordings, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import SpeechtuneError
 from .files import write_json, write_jsonl
-from .steps import Steps
+from .steps import Steps, timing_rows
 
 MODELS = {"en": "tiny.en", "zh": "base"}
 # Sizes: "full" is the real demo; "small" keeps the same steps at a size CI can afford.
@@ -243,11 +243,7 @@ def _print_summary(console, r: dict) -> None:
         which = " the base never wrote" if tr["chosen"] == "base_never_wrote" else ""
         t.add_row("term recall", f"{100 * tr['base']:.1f}% -> {100 * tr['tuned']:.1f}% over {tr['terms']} terms"
                                  f"{which}{ci}")
-    for step, secs in r["step_seconds"].items():
-        t.add_row(f"time: {step}", f"{secs:.0f} s")
-    t.add_row("total", f"{r['total_seconds']:.0f} s")
-    for k, v in r["paths"].items():
-        t.add_row(k, v)
+    timing_rows(t, r)
     console.print(t)
 
 

@@ -131,6 +131,8 @@ def _serve_step(steps, voice_dir: Path, out: Path) -> dict:
 
 def _print_summary(console, r: dict) -> None:
     from rich.table import Table
+
+    from .steps import timing_rows
     t = Table(title=f"speechtune demo (tts: {r['start']} on {r['base_voice']}'s phonemes -> {r['target']})",
               show_header=False)
     t.add_row("verdict", r["verdict_line"])
@@ -140,9 +142,5 @@ def _print_summary(console, r: dict) -> None:
         if m.get("base") is not None:
             t.add_row(label, f"{scale * m['base']:.2f}{unit} -> {scale * m['tuned']:.2f}{unit} (95% CI of the change "
                              f"{scale * m['ci95'][0]:+.2f} .. {scale * m['ci95'][1]:+.2f}; {m['change']})")
-    for step, secs in r["step_seconds"].items():
-        t.add_row(f"time: {step}", f"{secs:.0f} s")
-    t.add_row("total", f"{r['total_seconds']:.0f} s")
-    for k, v in r["paths"].items():
-        t.add_row(k, v)
+    timing_rows(t, r)
     console.print(t)

@@ -17,3 +17,12 @@ class Steps:
     def done(self) -> float:
         self.times[self._name] = time.perf_counter() - self._t
         return self.times[self._name]
+
+
+def timing_rows(table, report: dict) -> None:
+    """The last rows of a demo's summary table: each step's seconds, the total, and the paths it wrote."""
+    for step, secs in report["step_seconds"].items():
+        table.add_row(f"time: {step}", f"{secs:.0f} s")
+    table.add_row("total", f"{report['total_seconds']:.0f} s")
+    for k, v in report["paths"].items():
+        table.add_row(k, v)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import SpeechtuneError
 from . import features
-from .piper import MAX_CHARS, SPEEDS, PiperText
+from .piper import MAX_CHARS, PiperText, PiperTextVoice
 
 VOICE_FILE = "speechtune_voice.json"
 PHONEMES_FILE = "phonemes.json"
@@ -104,7 +104,7 @@ def write_folder(folder: Path, model, meta: dict, phonemes: dict) -> None:
     write_atomic(folder / PHONEMES_FILE, json.dumps(phonemes, ensure_ascii=False, indent=1) + "\n")
 
 
-class FastSpeechVoice:
+class FastSpeechVoice(PiperTextVoice):
     """voice.synthesize(text, speed=1.0, seed=0) -> float32 mono at voice.sample_rate (see tts/__init__.py).
     Deterministic: the model runs in eval mode (no dropout) and Griffin-Lim starts from a fixed phase, so
     `seed` changes nothing; it is accepted for the common surface."""
@@ -142,15 +142,6 @@ class FastSpeechVoice:
     def __repr__(self) -> str:
         return f"FastSpeechVoice({self.name!r}, {self.sample_rate} Hz, {self.path})"
 
-    def check_text(self, text: str) -> str:
-        return self.text.check_text(text)
-
-    def phonemize(self, text: str) -> list[list[str]]:
-        return self.text.phonemize(text)
-
-    def phoneme_ids(self, phonemes: list[str]) -> list[int]:
-        return self.text.phoneme_ids(phonemes)
-
     def mel_ids(self, ids: list[int], speed: float = 1.0) -> np.ndarray:
         """One sentence's ids -> its predicted log-mel frames [n_frames, N_MELS]."""
         import torch
@@ -169,10 +160,3 @@ class FastSpeechVoice:
 
     def synthesize_ids(self, ids: list[int], speed: float = 1.0, seed: int = 0, speaker=None) -> np.ndarray:
         return features.to_audio(self.mel_ids(ids, speed), self.sample_rate)
-
-    def synthesize(self, text: str, speed: float = 1.0, seed: int = 0, speaker=None) -> np.ndarray:
-        """Text -> float32 mono waveform at `sample_rate`. speed in 0.25-4.0 (OpenAI's range)."""
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not SPEEDS[0] <= speed <= SPEEDS[1]:
-            raise SpeechtuneError(f"speed must be between {SPEEDS[0]} and {SPEEDS[1]}, got {speed!r}")
-        chunks = [self.synthesize_ids(self.phoneme_ids(s), float(speed)) for s in self.phonemize(text)]
-        return np.concatenate(chunks).astype(np.float32)

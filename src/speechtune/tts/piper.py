@@ -119,7 +119,32 @@ class PiperText:
         return ph.phoneme_ids(phonemes, self.id_map)
 
 
-class PiperVoice:
+class PiperTextVoice:
+    """What every voice that reads piper's phonemes shares (piper's VITS, FastSpeech2 on a piper voice's
+    phonemes): text -> sentences of phonemes -> ids through `self.text` (a PiperText), and `synthesize`,
+    which speaks each sentence with the subclass's `synthesize_ids(ids, speed, seed, speaker)` and joins
+    them without extra silence (as piper's wav writer does)."""
+
+    text: PiperText
+
+    def check_text(self, text: str) -> str:
+        return self.text.check_text(text)
+
+    def phonemize(self, text: str) -> list[list[str]]:
+        return self.text.phonemize(text)
+
+    def phoneme_ids(self, phonemes: list[str]) -> list[int]:
+        return self.text.phoneme_ids(phonemes)
+
+    def synthesize(self, text: str, speed: float = 1.0, seed: int = 0, speaker=None) -> np.ndarray:
+        """Text -> float32 mono waveform at `sample_rate`. speed in 0.25-4.0 (OpenAI's range)."""
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not SPEEDS[0] <= speed <= SPEEDS[1]:
+            raise SpeechtuneError(f"speed must be between {SPEEDS[0]} and {SPEEDS[1]}, got {speed!r}")
+        chunks = [self.synthesize_ids(self.phoneme_ids(s), float(speed), seed, speaker) for s in self.phonemize(text)]
+        return np.concatenate(chunks).astype(np.float32)
+
+
+class PiperVoice(PiperTextVoice):
     """voice.synthesize(text, speed=1.0) -> float32 mono at voice.sample_rate. See tts/__init__.py."""
 
     def __init__(self, onnx_path: Path, config_path: Path, name: str | None = None, aliases=(),
@@ -164,16 +189,6 @@ class PiperVoice:
     def __repr__(self) -> str:
         return f"PiperVoice({self.name!r}, {self.sample_rate} Hz, {self.path})"
 
-    # -- text -> ids (PiperText) -------------------------------------------------------------------------
-    def check_text(self, text: str) -> str:
-        return self.text.check_text(text)
-
-    def phonemize(self, text: str) -> list[list[str]]:
-        return self.text.phonemize(text)
-
-    def phoneme_ids(self, phonemes: list[str]) -> list[int]:
-        return self.text.phoneme_ids(phonemes)
-
     # -- ids -> audio -------------------------------------------------------------------------------------
     def _noise_feeds(self, seed: int) -> dict:
         with self._noise_lock:
@@ -215,10 +230,3 @@ class PiperVoice:
         durations = outputs[1].reshape(-1).astype(np.int64) if self.has_durations else None
         peak = float(np.abs(audio).max()) if audio.size else 0.0
         return (audio * (PEAK / peak) if peak > 1e-6 else np.zeros_like(audio)), durations
-
-    def synthesize(self, text: str, speed: float = 1.0, seed: int = 0, speaker=None) -> np.ndarray:
-        """Text -> float32 mono waveform at `sample_rate`. speed in 0.25-4.0 (OpenAI's range)."""
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not SPEEDS[0] <= speed <= SPEEDS[1]:
-            raise SpeechtuneError(f"speed must be between {SPEEDS[0]} and {SPEEDS[1]}, got {speed!r}")
-        chunks = [self.synthesize_ids(self.phoneme_ids(s), float(speed), seed, speaker) for s in self.phonemize(text)]
-        return np.concatenate(chunks).astype(np.float32)
