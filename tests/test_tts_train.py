@@ -92,6 +92,8 @@ def test_a_voice_trains_resumes_exactly_and_speaks_from_its_folder(recordings, t
     assert losses[-1] < losses[0] * 0.8, losses
     evals = [r for r in log if r["event"] == "eval"]
     assert [e["step"] for e in evals] == [0, 3, 6] and all(e["metric"] == "cer" for e in evals)
+    # without --guard, an English voice is guarded by everyday sentences it never trains on
+    assert all(e["guard_metric"] == "cer" and 0 <= e["guard"] for e in evals)
 
     kill_at(monkeypatch, 4)
     with pytest.raises(Killed):

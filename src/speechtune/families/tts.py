@@ -33,6 +33,13 @@ UNSUPPORTED_OPTIONS = ("mix", "no_speech_ratio", "speed_perturb", "noise_snr", "
                        "gradient_checkpointing")
 
 
+# The built-in guard of an English voice (train without --guard): everyday sentences no demo trains on, which
+# the voice must keep reading intelligibly (Whisper's CER, as valid is scored)
+GUARD_TEXTS = ("The museum is closed on Mondays.", "She forgot her umbrella at the station.",
+               "Could you turn the music down a little?", "We need two more chairs for the meeting.",
+               "The bakery on the corner sells fresh bread.", "It started raining just after we left.")
+
+
 @dataclasses.dataclass
 class VoiceBundle:
     model: object        # transformers.FastSpeech2ConformerModel
@@ -136,6 +143,14 @@ def voice_of(bundle):
     """The bundle's model as a voice (the surface of tts/__init__.py), sharing its weights."""
     from ..tts.fastspeech import FastSpeechVoice
     return FastSpeechVoice(bundle.model, bundle.phonemes, bundle.meta, path=bundle.path)
+
+
+def default_guard(bundle) -> dict | None:
+    """The guard set train scores when no --guard is given: GUARD_TEXTS for an English voice, else None."""
+    from ..tts.hearing import base_language
+    if base_language(bundle.base_voice.language) != "en":
+        return None
+    return {"refs": list(GUARD_TEXTS), "languages": ["en"] * len(GUARD_TEXTS), "wavs": []}
 
 
 def score(bundle, eval_set: dict, cfg) -> dict:
