@@ -90,8 +90,10 @@ def test_report_files(judged):
     r, out = judged
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == "voice" and m["sentences"] == len(SENTENCES)
-    for metric in ("similarity", "wer", "cer", "mcd"):
+    for metric in ("similarity", "wer", "cer", "mcd", "dnsmos"):
         assert {"base", "tuned", "base_ci95", "tuned_ci95", "delta", "ci95", "p_value", "change"} <= set(m[metric])
+    # the DNSMOS guard: a 1-5 quality score per voice, named in the verdict, not part of "better"
+    assert 1 <= m["dnsmos"]["base"] <= 5 and 1 <= m["dnsmos"]["tuned"] <= 5 and "DNSMOS" in m["verdict_line"]
     assert m["base"]["voice"] == "espeak-ng en-us" and m["tuned"]["voice"] == "en_US-joe-medium"
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["text"] for p in preds] == SENTENCES

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import SpeechtuneError
 
 ENCODER_RATE = 16000   # resemblyzer's encoder reads 16 kHz audio
-_TTS_HINT = "pip install 'speechtune[tts]' (resemblyzer, mel-cepstral-distance)"
+_TTS_HINT = "pip install 'speechtune[tts]' (resemblyzer, mel-cepstral-distance, speechmos)"
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,3 +136,20 @@ def log_mel(wav: np.ndarray, sample_rate: int, bands: int = 80, hop_ms: float = 
         return np.zeros((0, bands), np.float32)
     filters = get_w_n_m(sample_rate, ms_to_samples(MCD_FFT_MS, sample_rate), bands, 0, sample_rate // 2)
     return (10 * get_X_kn(spec, filters)).astype(np.float32)
+
+
+def dnsmos(wavs_16k: list[np.ndarray]) -> np.ndarray:
+    """DNSMOS P.835 overall quality (OVRL, 1-5) of each 16 kHz clip: Microsoft's non-intrusive predictor, its
+    ONNX models shipped in the speechmos wheel (MIT). A no-regression guard, not proof of a better voice: it
+    judges how clean a clip sounds, not whose voice it is (the study behind issue 22 saw it score espeak-ng
+    above vocoded natural speech). NaN for a clip under a quarter second."""
+    try:
+        from speechmos import dnsmos as model
+    except ModuleNotFoundError:
+        raise SpeechtuneError("the DNSMOS guard needs speechmos, which is not installed", _TTS_HINT) from None
+    out = np.full(len(wavs_16k), np.nan)
+    for i, wav in enumerate(wavs_16k):
+        x = np.clip(np.asarray(wav, np.float32), -1.0, 1.0)
+        if x.size >= ENCODER_RATE // 4:
+            out[i] = float(model.run(x, sr=ENCODER_RATE)["ovrl_mos"])
+    return out

@@ -23,7 +23,8 @@ HOP_MS = 10.0
 WHO = ("reference", "base", "tuned")
 LABELS = {"similarity": "speaker similarity (cosine, higher is better)",
           "cer": "CER of what Whisper hears (lower is better)", "wer": "WER of what Whisper hears (lower is better)",
-          "mcd": "MCD to the recording, dB (lower is better)"}
+          "mcd": "MCD to the recording, dB (lower is better)",
+          "dnsmos": "DNSMOS overall quality, 1-5 (a no-regression guard)"}
 
 CSS = BASE_CSS + """
 .mixed{background:#c98a1b}

@@ -35,12 +35,13 @@ from ..evaluation import load_clip, load_rows
 from ..metrics.bootstrap import paired_bootstrap, verdict
 from ..metrics.normalize import guess_language
 from ..metrics.score import score_corpus
-from ..metrics.voice import cosine, frame_levels, mel_cepstral_distortion, speaker_embeddings, trim_silence
+from ..metrics.voice import (cosine, dnsmos, frame_levels, mel_cepstral_distortion, speaker_embeddings,
+                             trim_silence)
 from . import hearing
 
 SIDES = ("base", "tuned")
 # metric -> whether higher is better; the order of metrics.json and the report's table
-METRICS = {"similarity": True, "cer": False, "wer": False, "mcd": False}
+METRICS = {"similarity": True, "cer": False, "wer": False, "mcd": False, "dnsmos": True}
 MIN_RESAMPLES = 1000      # as recognition's compare: fewer make a 95% interval's ends noise
 # A voice's loudest 10 ms frame under this is near-silent: speech peaks around -20 to -6 dBFS.
 NEAR_SILENT_DBFS = -40.0
@@ -126,7 +127,8 @@ def measure(refs: list[np.ndarray], clips: list[np.ndarray], texts: list[str], h
             languages: list[str]) -> dict:
     """One voice's per-sentence figures (similarity comes from similarities): WER/CER errors and units, MCD,
     seconds, speech seconds and flags."""
-    per = {"mcd": [mel_cepstral_distortion(c, r, SAMPLE_RATE) for c, r in zip(clips, refs)]}
+    per = {"mcd": [mel_cepstral_distortion(c, r, SAMPLE_RATE) for c, r in zip(clips, refs)],
+           "dnsmos": list(dnsmos(clips))}
     for metric in ("wer", "cer"):
         scored = score_corpus(texts, hyps, language=languages, metric=metric)["clips"]
         per[metric] = [{"errors": c["errors"], "units": c["units"], "hyp_norm": c["hyp_norm"],
@@ -225,6 +227,10 @@ def verdict_line(m: dict) -> str:
              f"intelligibility CER {100 * c['base']:.1f}% -> {100 * c['tuned']:.1f}% ({word[c['change']]})",
              f"MCD {d['base']:.1f} -> {d['tuned']:.1f} dB ({word[d['change']]})" if d["sentences"]
              else "MCD n/a (no sentence both voices made audible)"]
+    q = m.get("dnsmos")
+    if q and q["sentences"]:  # the guard: named when the tuned voice sounds significantly worse
+        parts.append(f"DNSMOS {q['base']:.2f} -> {q['tuned']:.2f} "
+                     f"({'worse: a quality regression' if q['change'] == 'worse' else 'no regression'})")
     line = "voice: " + "; ".join(parts)
     flagged = m["tuned"]["flagged"]
     if flagged:
@@ -250,6 +256,7 @@ def sentence_rows(rows: list[dict], languages: list[str], voices: dict, clips: d
                 "transcript": hyps[side][i], "transcript_norm": p["cer"][i]["hyp_norm"],
                 "similarity": float(p["similarity"][i]),
                 "mcd": None if not np.isfinite(p["mcd"][i]) else float(p["mcd"][i]),
+                "dnsmos": None if not np.isfinite(p["dnsmos"][i]) else round(float(p["dnsmos"][i]), 3),
                 "word_errors": p["wer"][i]["errors"], "words": p["wer"][i]["units"],
                 "char_errors": p["cer"][i]["errors"], "chars": p["cer"][i]["units"],
                 "wer": rate(p["wer"][i]), "cer": rate(p["cer"][i]), "flags": p["flags"][i]}
