@@ -6,10 +6,18 @@ temperature fails.
         decode the clips still failing at t
         silent:  no_speech_prob > no_speech_threshold and avg_logprob < logprob_threshold
         failing: not silent and (compression_ratio(text) > compression_ratio_threshold
+                                 or the text holds a repeated run
                                  or avg_logprob < logprob_threshold)
     stop when no clip is failing. A silent clip's text is "". A clip that fails at every temperature keeps the
     attempt with the highest avg_logprob among those under the compression threshold (else among all),
     marked `fallback_failed`.
+
+The repeated run (metrics.hallucination.repeated_run: a 2-5 character piece 5 times or a 6-60 character one 3
+times, back to back) is compare's raw-loop flag, added to openai-whisper's checks because a short loop
+compresses too little to pass 2.4: an over-trained tiny.en wrote "the Prometheus and page Kubernetes and page
+Kubernetes and page Kubernetes" (ratio 1.72) with the safeguards on (docs/benchmarks.md). It is switched with
+the compression threshold (None turns both off). Speech that really repeats itself ("thank you thank you
+thank you") costs its clip the fallback's decodings, and keeps its most likely text.
 
 A runtime supplies `decode(indices, temperature) -> [Attempt]` for a subset of its batch (so a fallback
 re-decodes only the clips that failed) and turns the attempts into Results with `result_of`. The no-speech
@@ -35,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from ..audio import SAMPLE_RATE
+from ..metrics.hallucination import repeated_run
 from .base import DecodingOptions, Result, Segment, seconds
 
 # Fallback samples come from a generator seeded with this at every decoding call, so the same clips decode
@@ -91,8 +100,11 @@ def is_silent(a: Attempt, options: DecodingOptions) -> bool:
 
 
 def too_repetitive(a: Attempt, options: DecodingOptions) -> bool:
+    """Over the compression threshold, or holding a repeated run (see the module docstring)."""
     limit = options.compression_ratio_threshold
-    return limit is not None and a.compression_ratio is not None and a.compression_ratio > limit
+    if limit is None:
+        return False
+    return (a.compression_ratio is not None and a.compression_ratio > limit) or repeated_run(a.text) is not None
 
 
 def too_unlikely(a: Attempt, options: DecodingOptions) -> bool:
