@@ -27,7 +27,7 @@ and, optionally:
 
     NAMED_MODELS              specs the family owns by name (tts: "fastspeech2-tiny", a fresh model)
     UNSUPPORTED_OPTIONS       TrainConfig fields train refuses for the family when set (tts: --mix, ...)
-    default_guard(bundle) -> an eval set train guards with when no --guard is given, or None (tts: everyday
+    default_guard(bundle, cfg) -> an eval set train guards with when no --guard is given, or None (tts: everyday
                               sentences the voice must keep reading intelligibly)
     score(bundle, eval_set, cfg) -> {"error_rate", "metric"}: how train's evaluations judge the
                               model, when not by transcribing the set's audio (tts: Whisper's CER on what the

@@ -145,12 +145,14 @@ def voice_of(bundle):
     return FastSpeechVoice(bundle.model, bundle.phonemes, bundle.meta, path=bundle.path)
 
 
-def default_guard(bundle) -> dict | None:
-    """The guard set train scores when no --guard is given: GUARD_TEXTS for an English voice, else None."""
+def default_guard(bundle, cfg) -> dict | None:
+    """The guard set train scores when no --guard is given: GUARD_TEXTS (at most --eval-max-clips of them, as
+    a --guard manifest is cut) for an English voice, else None."""
     from ..tts.hearing import base_language
     if base_language(bundle.base_voice.language) != "en":
         return None
-    return {"refs": list(GUARD_TEXTS), "languages": ["en"] * len(GUARD_TEXTS), "wavs": []}
+    texts = list(GUARD_TEXTS[: cfg.eval_max_clips])
+    return {"refs": texts, "languages": ["en"] * len(texts), "wavs": []}
 
 
 def score(bundle, eval_set: dict, cfg) -> dict:

@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     evals = {"valid": _eval_set(rows, cfg.language, bundle.multilingual)}
     if guard_rows:
         evals["guard"] = _eval_set(guard_rows[: cfg.eval_max_clips], cfg.language, bundle.multilingual)
-    elif getattr(family, "default_guard", None) and (guard := family.default_guard(bundle)):
+    elif getattr(family, "default_guard", None) and (guard := family.default_guard(bundle, cfg)):
         evals["guard"] = guard
     if cfg.eval_no_speech:
         evals["no_speech"] = _no_speech_set(evals["guard" if guard_rows else "valid"])
