@@ -63,6 +63,14 @@ def _base_voice(spec):
     return voice
 
 
+def _voice_ref(spec) -> str:
+    """How a voice folder names its base voice: a bundled name as it is, a file or folder by its absolute
+    path (a site-packages path of the bundled voice would not hold on another machine)."""
+    from ..tts import BUNDLED_VOICES
+    names = {n for name, (_, aliases) in BUNDLED_VOICES.items() for n in (name, *aliases)}
+    return str(spec) if str(spec) in names else str(Path(str(spec)).expanduser().resolve())
+
+
 def load(spec, device: str | None = None, dtype=None, base_voice: str | None = None):
     """A VoiceBundle for a size name (fresh model) or a FastSpeech2 voice folder. `base_voice`: the piper
     voice to align with (default: the folder's own base voice, else joe)."""
@@ -71,7 +79,8 @@ def load(spec, device: str | None = None, dtype=None, base_voice: str | None = N
         voice = _base_voice(base_voice or DEFAULT_BASE_VOICE)
         model = new_model(int(voice.config.get("num_symbols") or 1 + max(max(v) for v in voice.id_map.values())),
                           str(spec))
-        meta = {"name": str(spec), "sample_rate": voice.sample_rate, "base_voice": str(voice.path),
+        meta = {"name": str(spec), "sample_rate": voice.sample_rate,
+                "base_voice": _voice_ref(base_voice or DEFAULT_BASE_VOICE),
                 "vocoder": "griffin-lim"}
         return VoiceBundle(model.to(device or "cpu"), voice, voice.config, meta, None, fresh=True)
     path = Path(str(spec)).expanduser()
@@ -114,6 +123,7 @@ def clips(rows: list[dict], bundle, cfg):
     """The training split (tts/dataset.py); its pitch and energy statistics go into the saved voice."""
     from ..tts.dataset import VoiceClips
     stats = None if bundle.fresh else bundle.meta.get("stats")
+    stats = stats if stats and {"pitch", "energy", "mel"} <= set(stats) else None
     split = VoiceClips(rows, bundle.base_voice, stats=stats)
     bundle.meta["stats"] = split.stats
     return split
