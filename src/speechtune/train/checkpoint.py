@@ -1,9 +1,8 @@
 """Checkpoints a kill -9 cannot break: each is written into a temporary folder, then renamed into place.
 
-A checkpoint is `checkpoints/step-000120/` holding `weights.safetensors` (the trainable tensors only, with
-the buffers of their modules: the
-whole model in `full` mode, the decoder when the encoder is frozen, the adapter in `lora` mode; the rest comes
-from the base model) and `trainer.pt` (optimizer, scheduler, step, data position, RNG states, eval history).
+A checkpoint is `checkpoints/step-000120/` holding `weights.safetensors` (the trainable tensors only, and the
+buffers of the modules that own them: the whole model in `full` mode, the decoder when the encoder is frozen,
+the adapter in `lora` mode; the rest comes from the base model) and `trainer.pt` (optimizer, scheduler, step, data position, RNG states, eval history).
 Folders whose name is not `step-N` (an interrupted save) are ignored and swept away.
 """
 from __future__ import annotations
@@ -42,12 +41,11 @@ def trainable_state(model) -> dict:
     checkpoint would not be the model that was evaluated."""
     # named_parameters lists a tied weight once (proj_out shares the token embedding).
     out = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    saved = None  # the state_dict's names: a non-persistent buffer is not part of the model's state
+    state = set(model.state_dict(keep_vars=True))  # a non-persistent buffer is not part of the model's state
     for prefix, module in model.named_modules():
         if any(p.requires_grad for p in module.parameters(recurse=False)):
             for name, b in module.named_buffers(prefix=prefix, recurse=False):
-                saved = saved if saved is not None else set(model.state_dict(keep_vars=True))
-                if name in saved:
+                if name in state:
                     out[name] = b.detach().to("cpu").contiguous()
     return out
 
