@@ -20,6 +20,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 from ..errors import SpeechtuneError
+from .onnx import quantize_int8
 
 QUANTIZATIONS = ("float32", "int8")
 OPSET = 17
@@ -59,21 +60,8 @@ def export_ctc_onnx(model_dir: str | Path, out: str | Path, quantization: str = 
                           dynamo=False, input_names=names, output_names=["logits"], dynamic_axes=axes,
                           opset_version=OPSET)
     if quantization == "int8":
-        _quantize_int8(out / "model.onnx")
+        quantize_int8(out / "model.onnx", ("MatMul",))
     bundle.model.config.save_pretrained(str(out))
     fe.save_pretrained(str(out))
     bundle.tokenizer.save_pretrained(str(out))
-
-
-def _quantize_int8(path: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    tmp = path.with_name("model.int8.onnx")
-    logging.disable(logging.WARNING)  # its advice to pre-process models goes to the root logger
-    try:
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"])
-    finally:
-        logging.disable(logging.NOTSET)
-    path.unlink()
-    tmp.rename(path)
 

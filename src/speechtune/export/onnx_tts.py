@@ -39,6 +39,7 @@ import torch
 from ..errors import SpeechtuneError
 from ..tts.fastspeech import PHONEMES_FILE, VOICE_FILE, FastSpeechVoice, is_voice_folder
 from ..tts.fastspeech_onnx import GRAPH, INPUTS, OUTPUTS, OnnxFastSpeechVoice
+from .onnx import quantize_int8
 from .parity import ParityError
 
 QUANTIZATIONS = ("float32", "int8")
@@ -148,20 +149,11 @@ def _dynamic_positions(model):
 def _quantize_int8(path: Path) -> None:
     """Replace the graph at `path` by one whose decoder and postnet MatMuls and Convs have int8 weights."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     nodes = [n.name for n in onnx.load(str(path)).graph.node
              if n.op_type in ("MatMul", "Conv") and set(n.name.split("/")) & set(QUANTIZED_MODULES)]
     if not nodes:  # the exporter named the nodes otherwise: an "int8" graph with nothing quantized
         raise SpeechtuneError(f"{path}: no decoder node to quantize", "export --quantization float32")
-    tmp = path.with_name("model.int8.onnx")
-    logging.disable(logging.WARNING)  # its advice to pre-process models goes to the root logger
-    try:
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Conv"], nodes_to_quantize=nodes)
-    finally:
-        logging.disable(logging.NOTSET)
-    path.unlink()
-    tmp.rename(path)
+    quantize_int8(path, ("MatMul", "Conv"), nodes)
 
 
 def parity_texts(data=None) -> tuple[list[str], str]:
