@@ -35,17 +35,6 @@ class SilentVoice(EspeakVoice):
         return np.zeros_like(super().synthesize(text)) + 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # resemblyzer's small LSTM is no faster on two threads, and on a busy CPU torch's waiting workers made the
-    # speaker embeddings five times slower
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def joe():
     from speechtune.tts import load_voice

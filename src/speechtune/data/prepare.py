@@ -33,6 +33,7 @@ from ..audio import SAMPLE_RATE, AudioError, decode, load_audio, write_pcm16
 from ..config import add_dataclass_args, build_config
 from ..errors import SpeechtuneError
 from ..files import write_atomic, write_json, write_jsonl
+from ..metrics.voice import speaker_embeddings
 from ..tts import load_voice
 from ..tts.hearing import base_language, hear, listener_for
 from ..tts.text import normalize as spell_out
@@ -449,7 +450,7 @@ def _chunks(items: list, desc: str, progress: bool):
 def _check_speaker(rows, kept, cfg, sr, rejects, found, progress) -> list[tuple[int, dict]]:
     """Reject the kept clips that sound like another speaker than the set's median voice; returns the rest
     and puts the median similarity and the bar into `found`."""
-    emb = np.concatenate([tts_checks.speaker_embeddings([load_audio(info["wav"], sr) for _, info in part], sr)
+    emb = np.concatenate([speaker_embeddings([load_audio(info["wav"], sr) for _, info in part], sr)
                           for part in _chunks(kept, "speaker", progress)])
     similarity, median, threshold = tts_checks.speaker_similarity(emb, cfg.speaker_floor, cfg.speaker_k)
     found["speaker"] = {"median_similarity": round(median, 3), "threshold": round(threshold, 3)}

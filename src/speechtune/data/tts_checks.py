@@ -128,22 +128,6 @@ def clipping_problem(fraction: float) -> tuple[str, str] | None:
                        "with less input gain")
 
 
-def speaker_embeddings(wavs: list[np.ndarray], sample_rate: int) -> np.ndarray:
-    """metrics.voice.speaker_embeddings ([n, 256], one row per clip), computed on one torch thread (the
-    process's thread count is restored after). resemblyzer's LSTM multiplies a few 256-wide vectors per step,
-    too little work to share: 6 joe clips on 2 busy cores took 0.42 s on one thread, 1.7-51 s on two (the
-    threads wait on each other)."""
-    import torch
-
-    from ..metrics import voice
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return voice.speaker_embeddings(wavs, sample_rate)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def speaker_similarity(embeddings: np.ndarray, floor: float = SPEAKER_FLOOR,
                        k: float = SPEAKER_K) -> tuple[np.ndarray, float, float]:
     """(each clip's cosine to the median voice, the set's median cosine, the threshold) for [n, d]

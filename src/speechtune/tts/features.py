@@ -12,6 +12,7 @@ import functools
 import numpy as np
 
 from ..errors import SpeechtuneError
+from .piper import PEAK
 
 N_FFT = 1024        # STFT size (46 ms at 22.05 kHz)
 HOP_LENGTH = 256    # samples per frame
@@ -93,11 +94,11 @@ def token_average(values: np.ndarray, durations: np.ndarray, voiced_only: bool =
 
 
 def to_audio(log_mel_frames: np.ndarray, sample_rate: int) -> np.ndarray:
-    """A log-mel spectrogram [n_frames, N_MELS] -> float32 audio (Griffin-Lim), peak-normalised to 0.95."""
+    """A log-mel spectrogram [n_frames, N_MELS] -> float32 audio (Griffin-Lim), peak-normalised to piper's PEAK, as piper's voices are."""
     librosa = require_librosa()
     mel = np.exp(np.asarray(log_mel_frames, np.float32).T)
     magnitude = np.maximum(_mel_inverse(sample_rate) @ mel, 0.0)
     wav = librosa.griffinlim(magnitude, n_iter=GRIFFIN_LIM_ITERS, hop_length=HOP_LENGTH, win_length=N_FFT,
                              n_fft=N_FFT, random_state=0)
     peak = float(np.abs(wav).max()) if wav.size else 0.0
-    return (wav * (0.95 / peak) if peak > 1e-6 else wav).astype(np.float32)
+    return (wav * (PEAK / peak) if peak > 1e-6 else wav).astype(np.float32)
