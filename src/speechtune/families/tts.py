@@ -66,9 +66,8 @@ def _base_voice(spec):
 def _voice_ref(spec) -> str:
     """How a voice folder names its base voice: a bundled name as it is, a file or folder by its absolute
     path (a site-packages path of the bundled voice would not hold on another machine)."""
-    from ..tts import BUNDLED_VOICES
-    names = {n for name, (_, aliases) in BUNDLED_VOICES.items() for n in (name, *aliases)}
-    return str(spec) if str(spec) in names else str(Path(str(spec)).expanduser().resolve())
+    from ..tts import bundled
+    return str(spec) if bundled(str(spec)) else str(Path(str(spec)).expanduser().resolve())
 
 
 def load(spec, device: str | None = None, dtype=None, base_voice: str | None = None):

