@@ -21,8 +21,10 @@ _TTS_HINT = "pip install 'speechtune[tts]' (resemblyzer, mel-cepstral-distance, 
 def _encoder():
     try:
         from resemblyzer import VoiceEncoder
-    except ModuleNotFoundError:
-        raise SpeechtuneError("speaker similarity needs resemblyzer, which is not installed", _TTS_HINT) from None
+    except ModuleNotFoundError as e:
+        # name what is missing: a dependency of resemblyzer that fails to import is not "resemblyzer missing"
+        missing = "resemblyzer" if e.name == "resemblyzer" else f"resemblyzer's dependency {e.name}"
+        raise SpeechtuneError(f"speaker similarity needs {missing}, which is not installed", _TTS_HINT) from None
     # its 17 MB weights ship in the wheel: nothing is downloaded
     return VoiceEncoder("cpu", verbose=False)
 
