@@ -197,7 +197,7 @@ def check_voice(model_dir, target, quantization: str = "float32", data=None, max
               "seconds": {k: round(v, 3) for k, v in seconds.items()}}
     passed = not bad_frames and result["mel_max_abs"] <= max_abs and result["mel_mean_abs"] <= mean_abs
     if passed and quantization != "float32":
-        result["intelligibility"] = _intelligibility(torch_voice, onnx_voice, texts, max_cer_delta)
+        result["intelligibility"] = intelligibility_parity(torch_voice, onnx_voice, texts, max_cer_delta)
         passed = result["intelligibility"]["passed"]
     result["passed"] = passed
     result["line"] = parity_line(result)
@@ -207,7 +207,7 @@ def check_voice(model_dir, target, quantization: str = "float32", data=None, max
     return result
 
 
-def _intelligibility(torch_voice, onnx_voice, texts: list[str], max_cer_delta: float | None) -> dict:
+def intelligibility_parity(torch_voice, onnx_voice, texts: list[str], max_cer_delta: float | None) -> dict:
     """Whisper's CER of each voice reading `texts` (tts.hearing.intelligibility), and whether they agree
     (always, for a torch voice above UNINTELLIGIBLE_CER: `enforced` false)."""
     from ..tts.hearing import intelligibility

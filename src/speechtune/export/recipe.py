@@ -26,13 +26,14 @@ FORMATS = ("ct2", "onnx")
 MAX_WER_DELTA_PT = 0.5
 # (family, format) -> the module and function that write it: a format a family lists in EXPORT_FORMATS
 EXPORTERS = {("whisper", "ct2"): ("ct2", "export_ct2"), ("whisper", "onnx"): ("onnx", "export_onnx"),
-             ("ctc", "onnx"): ("onnx_ctc", "export_ctc_onnx"), ("tts", "onnx"): ("onnx_tts", "export_tts_onnx")}
+             ("ctc", "onnx"): ("onnx_ctc", "export_ctc_onnx"), ("tts", "onnx"): ("onnx_tts", "export_tts_onnx"),
+             ("piper", "onnx"): ("onnx_piper", "export_piper_onnx")}
 # family -> the module and function of its own parity check, run on every export (its result carries the
 # `line` the console prints); a family not listed is checked by parity.check on --data, when given
-PARITY = {"tts": ("onnx_tts", "check_voice")}
+PARITY = {"tts": ("onnx_tts", "check_voice"), "piper": ("onnx_piper", "check_piper")}
 # families whose export folders hold no weights to export again (an exported voice is an ONNX graph; a CT2
 # Whisper folder, by contrast, is a Whisper spec that converts back)
-EXPORT_ONLY = ("tts",)
+EXPORT_ONLY = ("tts", "piper")
 
 
 def add_arguments(p) -> None:
@@ -58,6 +59,8 @@ def dir_size(path: Path) -> int:
 
 
 def _source_size(model_dir: Path) -> int:
+    if model_dir.is_file():   # a piper voice's .onnx
+        return model_dir.stat().st_size
     return sum((model_dir / n).stat().st_size for n in os.listdir(model_dir)
                if n.endswith((".safetensors", ".bin")) and (model_dir / n).is_file())
 
@@ -87,10 +90,10 @@ def convert(model_dir: Path, target: Path, fmt: str, quantization: str, source, 
     """Write the export of the HF folder `model_dir` into `target` (which must not exist), with the
     speechtune_export.json that says which runtime reads it; returns that metadata."""
     _exporter(family, fmt)(model_dir, target, quantization)
-    hf_config = json.loads((model_dir / "config.json").read_text())
     meta = {"format": fmt, "family": family, "quantization": quantization, "source": str(source),
             "source_dir": str(model_dir), "exported_with": "speechtune"}
     if family == "whisper":
+        hf_config = json.loads((model_dir / "config.json").read_text())
         meta["max_target_positions"] = hf_config.get("max_target_positions", 448)
     write_json(target / EXPORT_META, meta)
     return meta

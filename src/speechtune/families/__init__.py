@@ -1,10 +1,10 @@
 """Model families: what differs between kinds of speech model, each behind one small interface.
 
-A family is one module here with these names (whisper.py, ctc.py, tts.py). The
+A family is one module here with these names (whisper.py, ctc.py, tts.py, piper.py). The
 commands never ask which family they hold: `train` calls these, `runtimes` decodes what they save, `export`
 takes the formats they list.
 
-    NAME                      "whisper" | "ctc" | "tts"
+    NAME                      "whisper" | "ctc" | "tts" | "piper"
     TASK                      "asr" (it transcribes: no-speech sets, --mix) | "tts" (it speaks)
     MODEL_TYPES               the transformers `model_type`s the family trains
     MODES                     the training modes it supports (`train --mode`); the first is the default
@@ -29,9 +29,14 @@ and, optionally:
     UNSUPPORTED_OPTIONS       TrainConfig fields train refuses for the family when set (tts: --mix, ...)
     default_guard(bundle, cfg) -> an eval set train guards with when no --guard is given, or None (tts: everyday
                               sentences the voice must keep reading intelligibly)
+    claims(spec) -> bool      whether a spec no model_type names is the family's (piper: an ONNX voice)
     score(bundle, eval_set, cfg) -> {"error_rate", "metric"}: how train's evaluations judge the
                               model, when not by transcribing the set's audio (tts: Whisper's CER on what the
                               voice says)
+
+A family whose trainer runs in a process of its own (piper: piper-tts is GPL-3.0) has, instead of load ...
+save, `train_apart(cfg, train_rows, eval_rows, guard_rows, progress)` -> training_summary.json's fields, with
+DEFAULT_LR, MODES, has_checkpoint(out) (what resumes) and WORK_FOLDERS (what a failed start leaves in --out).
 
 `family_for(spec)` picks the family from what the spec is, without loading weights.
 """
@@ -39,9 +44,9 @@ from __future__ import annotations
 
 from ..errors import SpeechtuneError
 from ..models import model_type
-from . import ctc, tts, whisper
+from . import ctc, piper, tts, whisper
 
-FAMILIES = (whisper, ctc, tts)
+FAMILIES = (whisper, ctc, tts, piper)
 __all__ = ["FAMILIES", "family_for", "model_type"]
 
 
@@ -50,7 +55,7 @@ def family_for(spec):
     when none does. A spec whose type cannot be told here (a hub id) is tried as Whisper, whose loader
     reports what is wrong with it."""
     for family in FAMILIES:
-        if str(spec) in getattr(family, "NAMED_MODELS", ()):
+        if str(spec) in getattr(family, "NAMED_MODELS", ()) or getattr(family, "claims", lambda _: False)(spec):
             return family
     kind = model_type(spec)
     for family in FAMILIES:

@@ -94,12 +94,15 @@ def _check(cfg: TrainConfig, family) -> TrainConfig:
     return cfg
 
 
-def _prepare_out(cfg: TrainConfig, out: Path) -> None:
-    """A new --out starts fresh; one with checkpoints of the same config resumes; any other is refused."""
+def _prepare_out(cfg: TrainConfig, out: Path, family=None) -> None:
+    """A new --out starts fresh; one with checkpoints of the same config resumes; any other is refused.
+    A family that trains apart says where its checkpoints and work folders are (has_checkpoint, WORK_FOLDERS)."""
     from . import checkpoint
 
     saved = out / "train_config.yaml"
-    has_ckpt = checkpoint.latest(out / "checkpoints") is not None
+    has_ckpt = checkpoint.latest(out / "checkpoints") is not None or bool(
+        getattr(family, "has_checkpoint", lambda _: False)(out))
+    logs = LOG_FOLDERS + tuple(getattr(family, "WORK_FOLDERS", ()))
     if cfg.overwrite and out.is_dir():
         shutil.rmtree(out)
     elif has_ckpt:
@@ -112,7 +115,7 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
                                   "re-run with the same options to resume, or pass --overwrite / another --out")
     elif cfg.resume:
         raise SpeechtuneError(f"--resume: no checkpoint in {out / 'checkpoints'}", "drop --resume to start a new run")
-    elif out.is_dir() and any(p.name not in LOG_FOLDERS for p in out.iterdir()):
+    elif out.is_dir() and any(p.name not in logs for p in out.iterdir()):
         raise SpeechtuneError(f"--out {out}: folder exists and is not empty",
                               "pass a new folder, or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +229,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     family = family_for(cfg.model)
     cfg = _check(cfg, family)
+    if hasattr(family, "train_apart"):
+        return _train_apart(cfg, family, progress)
     data, out = Path(cfg.data), Path(cfg.out)
     train_rows = load_split(data / "train.jsonl")
     valid_rows = load_split(data / "valid.jsonl", required=False)
@@ -279,6 +284,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                           eval_name, {"train": len(train_rows), "mixed": len(mixed), "no_speech": len(silent)})
         print(_final_message(summary, out), file=sys.stderr)
     accelerator.wait_for_everyone()
+    return out
+
+
+def _train_apart(cfg: TrainConfig, family, progress: bool) -> Path:
+    """A family whose trainer runs in a process of its own (families/piper.py: GPL-3.0 piper-tts): the same
+    checks, --out rules, evaluation rows and training_summary.json as the loop here; its `train_apart` does the
+    training, the evaluations and the model folder. Runs in one process (accelerate launch is not used)."""
+    from ..files import write_atomic
+    from .data import data_hash, eval_rows, load_split
+    data, out = Path(cfg.data), Path(cfg.out)
+    train_rows = load_split(data / "train.jsonl")
+    rows, eval_name = eval_rows(load_split(data / "valid.jsonl", required=False), train_rows, cfg.eval_max_clips)
+    guard_rows = load_split(Path(cfg.guard))[: cfg.eval_max_clips] if cfg.guard else []
+    if cfg.lr is None:
+        cfg = dataclasses.replace(cfg, lr=family.DEFAULT_LR[cfg.mode])
+    _prepare_out(cfg, out, family)
+    summary = family.train_apart(cfg, train_rows, rows, guard_rows, progress=progress)
+    summary.update(eval_on=eval_name, data_hash=data_hash(data / "train.jsonl", data / "valid.jsonl"))
+    write_atomic(out / "training_summary.json", json.dumps(summary, indent=2) + "\n")
+    print(_final_message(summary, out), file=sys.stderr)
     return out
 
 
@@ -415,6 +440,9 @@ def _final_message(s: dict, out: Path) -> str:
     if s["base"] and s["best"]:
         m = (s["metric"] or "wer").upper()
         lines.append(f"valid {m}: base {s['base']['valid']:.2%} -> {s['best']['valid']:.2%} (step {s['best_step']})")
+        if s["base"].get("similarity") is not None:
+            lines.append(f"similarity to the speaker: base {s['base']['similarity']:.3f} -> "
+                         f"{s['best']['similarity']:.3f}")
         if s["base"].get("guard") is not None:
             g = (s.get("guard_metric") or "wer").upper()
             lines.append(f"guard {g}: base {s['base']['guard']:.2%} -> {s['best']['guard']:.2%}")

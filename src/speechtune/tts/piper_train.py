@@ -4,7 +4,7 @@ piper-tts is GPL-3.0 and speechtune is MIT, so this is the one speechtune module
 only ever runs as a separate program: families/piper.py starts
 
   python -m speechtune.tts.piper_train init   --out init.ckpt [--voice V.onnx] [--size medium|tiny]
-  python -m speechtune.tts.piper_train fit    --init init.ckpt --csv train.csv --run RUN --steps N ...
+  python -m speechtune.tts.piper_train fit    --init init.ckpt --csv train.csv --run RUN --log L --steps N ...
   python -m speechtune.tts.piper_train export --ckpt C.ckpt --config base.onnx.json --out voice.onnx
 
 and reads back only the files they write (checkpoints, a JSON-lines log, ONNX voices). Nothing in speechtune
@@ -25,7 +25,6 @@ valid split) and its ONNX export needs `dynamo=False` on torch 2.13.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import os
@@ -42,8 +41,9 @@ SIZES = {
              "resblock_kernel_sizes": (3,), "resblock_dilation_sizes": ((1, 2),), "upsample_initial_channel": 32},
 }
 OPSET = 15                  # piper's export_onnx
+# the largest sample difference between a voice and its copy allowed (joe: 6.8e-6, audio in [-1, 1])
+MAX_COPY_DIFF = 1e-3
 NO_NOISE = (0.0, 1.0, 0.0)  # noise, length, noise_w: deterministic decoding, for the weight-copy check
-LOG_NAME = "piper_log.jsonl"
 REQUIRED = ("piper", "lightning", "onnx", "onnxruntime")   # piper-tts[train] and what export and init read
 MISSING_EXIT = 3   # the exit status when they are not installed (families/piper.py says so in one line)
 
@@ -200,30 +200,43 @@ def _save(obj, path: Path) -> None:
 
 
 def cmd_init(args) -> dict:
-    """A checkpoint to start from: the ONNX voice's weights (or random ones) in piper's model."""
+    """A checkpoint to start from: the ONNX voice's weights (or random ones) in piper's model, of --size or of
+    the first size in SIZES the voice's weights fit. Exits non-zero when the copy does not decode as the voice
+    does (more than MAX_COPY_DIFF apart without noise)."""
     import torch
-    torch.manual_seed(args.seed)
     config = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
-    hparams = {**SIZES[args.size], "num_symbols": int(config.get("num_symbols", 256)),
-               "sample_rate": int(config.get("audio", {}).get("sample_rate", 22050))}
-    model = _vits(hparams)
-    report = {"hparams": hparams}
-    if args.voice:
+    common = {"num_symbols": int(config.get("num_symbols", 256)),
+              "sample_rate": int(config.get("audio", {}).get("sample_rate", 22050))}
+    errors = []
+    for size in [args.size] if args.size else list(SIZES):
+        torch.manual_seed(args.seed)
+        hparams = {**SIZES[size], **common}
+        model = _vits(hparams)
+        report = {"size": size, "hparams": hparams}
+        if not args.voice:
+            break
         try:
             report.update(copy_onnx_weights(model.model_g, Path(args.voice)))
+            break
         except ValueError as e:
-            raise SystemExit(f"{args.voice}: not a piper {args.size} voice ({e})") from None
+            errors.append(f"{size}: {e}")
+    else:
+        raise SystemExit(f"{args.voice}: its weights fit none of piper's sizes speechtune trains ({'; '.join(errors)})")
+    if args.voice:
         model.model_g.eval()
         ids = [1, 0] + [x for p in (20, 8, 27, 14, 31, 8, 17) for x in (p, 0)] + [2]
         ours, theirs = _infer(model.model_g, ids), _onnx_audio(Path(args.voice), ids)
         n = min(len(ours), len(theirs))
         report["max_abs_diff"] = float(np.abs(ours[:n] - theirs[:n]).max()) if n else None
         report["length_diff"] = int(len(ours) - len(theirs))
+        if report["length_diff"] or report["max_abs_diff"] is None or report["max_abs_diff"] > MAX_COPY_DIFF:
+            raise SystemExit(f"{args.voice}: the copied weights do not decode as the voice does "
+                             f"(difference {report['max_abs_diff']}, {report['length_diff']} samples longer)")
     _save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, Path(args.out))
     return report
 
 
-def _progress(run: Path, save_every: int, steps: int):
+def _progress(run: Path, log: Path, save_every: int, steps: int):
     """A Lightning callback: one JSON line per step (losses) and a checkpoint every `save_every` steps and at
     the last, written to a temporary name and moved into place, so a killed run leaves whole checkpoints only.
     A step is one batch (both optimizers step once on it)."""
@@ -234,7 +247,7 @@ def _progress(run: Path, save_every: int, steps: int):
             step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1   # counted after this hook
             m = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items()
                  if k in ("loss_g", "loss_d") or k.startswith("train_")}
-            with open(run / LOG_NAME, "a", encoding="utf-8") as f:
+            with open(log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "epoch": trainer.current_epoch, **m}) + "\n")
             if step % save_every == 0 or step >= steps:
                 folder = run / "checkpoints"
@@ -261,6 +274,9 @@ def cmd_fit(args) -> dict:
     model = _vits(hparams)
     run = Path(args.run)
     last = run / "checkpoints" / "last.ckpt"
+    done = max((int(c.stem.split("-")[1]) for c in (run / "checkpoints").glob("step-*.ckpt")), default=0)
+    if done >= args.steps:   # a finished run started again: nothing left to train
+        return {"steps": done}
     if not last.is_file():
         model.load_state_dict(init["state_dict"])
     from piper.train.vits.dataset import VitsDataModule
@@ -276,7 +292,7 @@ def cmd_fit(args) -> dict:
                         num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=args.progress, log_every_n_steps=1, default_root_dir=run,
                         logger=TensorBoardLogger(run, name="tensorboard", version=""),
-                        callbacks=[_progress(run, args.save_every, args.steps)])
+                        callbacks=[_progress(run, Path(args.log), args.save_every, args.steps)])
     trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     return {"steps": trainer.fit_loop.epoch_loop._batches_that_stepped}
 
@@ -315,14 +331,6 @@ def cmd_export(args) -> dict:
     return {"onnx": str(out)}
 
 
-def write_csv(path: Path, rows: list[tuple[str, str, list[int]]]) -> None:
-    """piper's phoneme_ids metadata: audio path | text | space-separated ids (csv quoting, as its reader)."""
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="|")
-        for audio, text, ids in rows:
-            w.writerow([audio, text, " ".join(map(str, ids))])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m speechtune.tts.piper_train")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -330,10 +338,10 @@ def main(argv=None) -> int:
     i.add_argument("--out", required=True)
     i.add_argument("--voice", help="piper .onnx voice whose weights to start from (default: random)")
     i.add_argument("--config", help="the voice's .onnx.json (symbols, sample rate)")
-    i.add_argument("--size", choices=sorted(SIZES), default="medium")
+    i.add_argument("--size", choices=sorted(SIZES), help="default: the first of SIZES the voice fits (medium)")
     i.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("fit")
-    for name in ("--init", "--csv", "--run", "--phonemes"):
+    for name in ("--init", "--csv", "--run", "--phonemes", "--log"):
         f.add_argument(name, required=True)
     f.add_argument("--name", default="voice")
     f.add_argument("--espeak-voice", default="en-us")
