@@ -141,10 +141,10 @@ def test_training_lowers_the_loss_and_writes_a_piper_voice(trained):
 def test_a_finished_run_started_again_trains_nothing_and_other_options_are_refused(trained, tiny_piper,
                                                                                     recordings):
     from speechtune.train.recipe import train
-    log = trained / "piper_run" / "piper_log.jsonl"
-    before = log.read_text()
+    log, judged = trained / "piper_run" / "piper_log.jsonl", trained / "piper_run" / "evals.jsonl"
+    before = log.read_text(), judged.read_text()
     train(_cfg(tiny_piper, recordings, trained), progress=False)
-    assert log.read_text() == before
+    assert (log.read_text(), judged.read_text()) == before   # no step trained, no checkpoint judged again
     with pytest.raises(SpeechtuneError, match="different options"):
         train(_cfg(tiny_piper, recordings, trained, lr=5e-4), progress=False)
 

@@ -157,3 +157,13 @@ def test_compare_cli_judges_two_voices(prepared, tmp_path, capsys):
     assert main(["compare", "--base", "joe", "--tuned", "no-such-voice", "--data", str(prepared / "two.jsonl"),
                  "--out", str(out)]) == 2
     assert "--tuned no-such-voice: the other side is a voice" in capsys.readouterr().err
+
+
+def test_a_sure_but_negligible_difference_is_not_called():
+    """A constant offset of a few thousandths of a dB (a re-exported voice) is significant to the bootstrap and
+    meaningless to a listener: 'same'. A real difference of the same sureness is still called."""
+    from speechtune.tts.judge import MIN_CHANGE, compare_metric
+    base = [16.0 + 0.1 * i for i in range(20)]
+    tiny = compare_metric(base, [b + 0.004 for b in base], [1.0] * 20, False, 1000, 0, MIN_CHANGE["mcd"])
+    real = compare_metric(base, [b + 0.5 for b in base], [1.0] * 20, False, 1000, 0, MIN_CHANGE["mcd"])
+    assert tiny["change"] == "same" and real["change"] == "worse"

@@ -38,7 +38,10 @@ EXPORT_FORMATS = ("onnx",)
 WORKER = "speechtune.tts.piper_train"
 RUN_FOLDER = "piper_run"     # in MODEL_DIR: the worker's inputs, checkpoints, logs and exported checkpoints
 WORK_FOLDERS = (RUN_FOLDER,)
-LOG_NAME = "piper_log.jsonl"   # in RUN_FOLDER: the worker's line per step (step, epoch, losses)
+LOG_NAME = "piper_log.jsonl"
+# the first steps of a run from an ONNX voice train only what the voice lacked (the posterior encoder, ...),
+# which starts random and would otherwise pull every pretrained part after it (tts/piper_train.cmd_fit)
+WARMUP_FRACTION = 0.4   # in RUN_FOLDER: the worker's line per step (step, epoch, losses)
 # recognition's data tricks, and the loop options piper's trainer has its own versions of
 UNSUPPORTED_OPTIONS = ("mix", "no_speech_ratio", "speed_perturb", "noise_snr", "spec_augment",
                        "gradient_checkpointing", "grad_accum", "lora_encoder", "freeze_encoder_layers",
@@ -162,53 +165,90 @@ def train_apart(cfg, train_rows: list[dict], eval_rows: list[dict], guard_rows: 
                 progress: bool = True) -> dict:
     """The whole run (see the module doc); returns training_summary.json's fields. The guard sentences are
     --guard's transcripts, else (an English voice) the TTS family's GUARD_TEXTS."""
-    from ..tts import load_voice, resolve_voice
+    from ..tts import load_voice
     from ..tts.hearing import base_language
     from .tts import GUARD_TEXTS
-    from ..audio import SAMPLE_RATE, load_audio
     out = Path(cfg.out)
     run = out / RUN_FOLDER
     run.mkdir(parents=True, exist_ok=True)
-    onnx, config, _, _ = resolve_voice(cfg.model)
     voice = load_voice(cfg.model)
+    start = time.time()
+    total, fit = _fit(cfg, train_rows, voice, run, progress)
+    train_s = time.time() - start
+    guard = ([r["text"] for r in guard_rows] if guard_rows else
+             list(GUARD_TEXTS[: cfg.eval_max_clips]) if base_language(voice.language) == "en" else [])
+    evals = _evaluate(cfg, voice, eval_rows, guard, run)
+    best, note = choose(evals, cfg.guard_threshold)
+    _install(run / "voices" / f"step-{best['step']:06d}.onnx", out)
+    return _summary(cfg, evals, best, note, total, train_s, time.time() - start, len(train_rows), fit)
+
+
+def _fit(cfg, train_rows: list[dict], voice, run: Path, progress: bool) -> int:
+    """The worker's init (once) and fit (resumed when RUN holds a checkpoint); returns (the steps, what fit
+    measured: its seconds, the steps it ran, peak memory, parameter counts)."""
+    from ..tts import resolve_voice
+    onnx, config, _, _ = resolve_voice(cfg.model)
     csv = _inputs(train_rows, voice, run, cfg)
     total, every = _steps(cfg, len(train_rows))
     init = run / "init.ckpt"
-    start = time.time()
     if not init.is_file():
         report = _worker(["init", "--voice", str(onnx), "--config", str(config), "--out", str(init),
                           "--seed", str(cfg.seed)], run, "read the base voice")
         (run / "init.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"training piper voice {voice.name}: {len(train_rows)} clips, {total} steps of {cfg.batch_size} clips, "
-          f"lr {cfg.lr:g}, evaluated every {every} steps", file=sys.stderr)
+          f"lr {cfg.lr:g}, a checkpoint judged every {every} steps", file=sys.stderr)
     bar, update = _bar(run, total, progress)
     try:
-        _worker(["fit", "--init", str(init), "--csv", str(csv), "--run", str(run), "--phonemes",
-                 str(run / "phonemes.json"), "--name", out.name, "--espeak-voice", voice.text.espeak_voice,
-                 "--steps", str(total), "--save-every", str(every), "--batch-size", str(cfg.batch_size),
-                 "--lr", str(cfg.lr), "--seed", str(cfg.seed), "--log", str(run / LOG_NAME),
+        fit = _worker(["fit", "--init", str(init), "--csv", str(csv), "--run", str(run), "--phonemes",
+                 str(run / "phonemes.json"), "--name", Path(cfg.out).name, "--espeak-voice",
+                 voice.text.espeak_voice, "--steps", str(total), "--save-every", str(every), "--batch-size",
+                 str(cfg.batch_size), "--lr", str(cfg.lr), "--seed", str(cfg.seed), "--log", str(run / LOG_NAME),
+                 "--warmup-steps", str(round(WARMUP_FRACTION * total)),
                  "--accelerator", "cpu" if (cfg.device or "").startswith("cpu") else "auto"],
                 run, "train", on_poll=update)
     finally:
         bar.close()
-    train_s = time.time() - start
+    measured = run / "fit.json"
+    if fit["steps_run"] == 0 and measured.is_file():   # nothing left to train: the run that trained measured
+        return total, json.loads(measured.read_text(encoding="utf-8"))
+    measured.write_text(json.dumps(fit, indent=2) + "\n", encoding="utf-8")
+    return total, fit
+
+
+def _evaluate(cfg, voice, eval_rows: list[dict], guard: list[str], run: Path) -> list[dict]:
+    """The base voice (step 0) and every checkpoint, exported and judged (_judge). Judgements are kept in
+    RUN/evals.jsonl under the sentences they judged, so a run started again judges only new checkpoints."""
+    import hashlib
+
+    from ..audio import SAMPLE_RATE, load_audio
+    from ..tts import load_voice, resolve_voice
     texts = [r["text"] for r in eval_rows]
     refs = [load_audio(r["audio"], SAMPLE_RATE) for r in eval_rows]
-    guard = ([r["text"] for r in guard_rows] if guard_rows else
-             list(GUARD_TEXTS[: cfg.eval_max_clips]) if base_language(voice.language) == "en" else [])
-    evals = [{"step": 0, **_judge(voice, texts, refs, guard)}]
-    for ckpt in sorted((run / "checkpoints").glob("step-*.ckpt")):
-        step = int(ckpt.stem.split("-")[1])
-        exported = run / "voices" / f"step-{step:06d}.onnx"
-        if not exported.is_file():
-            _worker(["export", "--ckpt", str(ckpt), "--config", str(config), "--out", str(exported),
-                     "--name", out.name], run, f"export step {step}")
-        evals.append({"step": step, **_judge(load_voice(exported), texts, refs, guard)})
-        print(f"step {step}: valid CER {evals[-1]['valid']:.1%}, similarity {evals[-1]['similarity']:.3f}"
-              + (f", guard CER {evals[-1]['guard']:.1%}" if guard else ""), file=sys.stderr)
-    best, note = choose(evals, cfg.guard_threshold)
-    _install(run / "voices" / f"step-{best['step']:06d}.onnx", out)
-    return _summary(cfg, evals, best, note, total, train_s, time.time() - start, len(train_rows))
+    key = hashlib.sha256(json.dumps([texts, [r["audio"] for r in eval_rows], guard]).encode()).hexdigest()[:16]
+    cache = run / "evals.jsonl"
+    done = {}
+    if cache.is_file():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            e = json.loads(line)
+            if e.pop("key") == key:
+                done[e["step"]] = e
+    _, config, _, _ = resolve_voice(cfg.model)
+    steps = [0] + [int(c.stem.split("-")[1]) for c in sorted((run / "checkpoints").glob("step-*.ckpt"))]
+    evals = []
+    for step in steps:
+        if step not in done:
+            exported = run / "voices" / f"step-{step:06d}.onnx"
+            if step and not exported.is_file():
+                _worker(["export", "--ckpt", str(run / "checkpoints" / f"step-{step:06d}.ckpt"), "--config",
+                         str(config), "--out", str(exported), "--name", Path(cfg.out).name], run, f"export step {step}")
+            done[step] = {"step": step, **_judge(load_voice(exported) if step else voice, texts, refs, guard)}
+            with open(cache, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, **done[step]}) + "\n")
+        e = done[step]
+        evals.append(e)
+        print(f"{'base voice' if not step else f'step {step}'}: valid CER {e['valid']:.1%}, similarity "
+              f"{e['similarity']:.3f}" + (f", guard CER {e['guard']:.1%}" if guard else ""), file=sys.stderr)
+    return evals
 
 
 def _bar(run: Path, total: int, progress: bool):
@@ -238,7 +278,7 @@ def _install(onnx: Path, out: Path) -> None:
         os.replace(tmp, out / name)
 
 
-def _summary(cfg, evals, best, note, steps, train_s, wall, n_clips) -> dict:
+def _summary(cfg, evals, best, note, steps, train_s, wall, n_clips, fit: dict) -> dict:
     import dataclasses
     keep = ("step", "valid", "similarity", "guard", "eval_s")
     return {"data": str(cfg.data), "model": cfg.model, "family": NAME, "mode": cfg.mode,
@@ -249,4 +289,6 @@ def _summary(cfg, evals, best, note, steps, train_s, wall, n_clips) -> dict:
             "evals": [{k: e.get(k) for k in keep} for e in evals],
             "examples": best.get("examples"), "stopped": None,
             "train_s": round(train_s, 1), "wall_s": round(wall, 1),
-            "samples_per_s": round(steps * cfg.batch_size / max(train_s, 1e-9), 2)}
+            "samples_per_s": round(fit["steps_run"] * cfg.batch_size / max(fit["fit_s"], 1e-9), 2),
+            "peak_memory_bytes": fit["peak_memory_bytes"], "device": fit["device"],
+            "parameters": fit["parameters"]}

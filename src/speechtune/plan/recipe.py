@@ -202,8 +202,31 @@ def render(est, console) -> None:
         console.print(f"  note: {note}")
 
 
+def _piper(cfg: EstimateConfig) -> int:
+    """A piper voice's estimate (plan/piper.py): --data's train clips x --epochs at --batch-size."""
+    from pathlib import Path
+
+    from .piper import estimate, render
+    clips = None
+    if cfg.data:
+        train = Path(cfg.data) / "train.jsonl" if Path(cfg.data).is_dir() else Path(cfg.data)
+        if not train.is_file():
+            raise SpeechtuneError(f"--data {cfg.data}: no train.jsonl", "pass a folder `speechtune prepare` wrote")
+        clips = sum(1 for line in train.read_text(encoding="utf-8").splitlines() if line.strip())
+    est = estimate(cfg.model, cfg.batch_size, clips=clips, epochs=cfg.epochs)
+    if cfg.json:
+        json.dump(est.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(render(est))
+    return 0
+
+
 def main(args) -> int:
     cfg = build_config(EstimateConfig, getattr(args, "config", None), args)
+    from ..families import piper
+    if cfg.model and piper.claims(cfg.model):
+        return _piper(cfg)
     est = run(cfg)
     if cfg.json:
         json.dump(est.to_dict(), sys.stdout, indent=2)

@@ -42,6 +42,10 @@ from . import hearing
 SIDES = ("base", "tuned")
 # metric -> whether higher is better; the order of metrics.json and the report's table
 METRICS = {"similarity": True, "cer": False, "wer": False, "mcd": False, "dnsmos": True}
+# The smallest difference called better or worse, however sure the bootstrap is: a voice re-exported through
+# piper's trainer with its inference weights untouched differs from the original by float rounding, and its
+# MCD (16.7 dB both, a constant offset of a few thousandths) came out "worse" with a CI clear of 0.
+MIN_CHANGE = {"similarity": 0.01, "cer": 0.005, "wer": 0.005, "mcd": 0.1, "dnsmos": 0.05}
 MIN_RESAMPLES = 1000      # as recognition's compare: fewer make a 95% interval's ends noise
 # A voice's loudest 10 ms frame under this is near-silent: speech peaks around -20 to -6 dBFS.
 NEAR_SILENT_DBFS = -40.0
@@ -168,10 +172,11 @@ def clip_flags(clip: np.ndarray, speech_seconds: float, text: str) -> list[str]:
 
 
 def compare_metric(base: list[float], tuned: list[float], units: list[float], higher_is_better: bool,
-                   n_resamples: int, seed: int) -> dict:
+                   n_resamples: int, seed: int, min_change: float = 0.0) -> dict:
     """metrics.json's block for one metric: each voice's value (total / total units) and its 95% interval,
-    tuned - base with its interval and p-value, and `change`: better / worse / same. Pairs where either value
-    is NaN (MCD of an inaudible clip) are left out; with none left every figure is None."""
+    tuned - base with its interval and p-value, and `change`: better / worse / same (same also when the
+    difference is under `min_change`). Pairs where either value is NaN (MCD of an inaudible clip) are left
+    out; with none left every figure is None."""
     b, t, n = (np.asarray(x, np.float64) for x in (base, tuned, units))
     keep = np.isfinite(b) & np.isfinite(t)
     if not keep.any():
@@ -181,6 +186,8 @@ def compare_metric(base: list[float], tuned: list[float], units: list[float], hi
     boot = paired_bootstrap(b, t, n, n_resamples=n_resamples, seed=seed)
     # bootstrap.verdict reads error rates: "improved" is a significant drop
     lower = {"improved": True, "worse": False}.get(verdict(boot))
+    if abs(boot["delta"]) < min_change:
+        lower = None
     change = "same" if lower is None else "better" if lower != higher_is_better else "worse"
     total = max(float(n.sum()), 1e-12)
     return {"base": float(b.sum() / total), "tuned": float(t.sum() / total), "base_ci95": boot["base_ci95"],
@@ -205,7 +212,8 @@ def summarize(where: str, voices: dict, per: dict, whisper: str, n_resamples: in
         else:
             values = {s: list(per[s][metric]) for s in SIDES}
             units = [1.0] * n
-        result[metric] = compare_metric(values["base"], values["tuned"], units, higher, n_resamples, seed)
+        result[metric] = compare_metric(values["base"], values["tuned"], units, higher, n_resamples, seed,
+                                        MIN_CHANGE[metric])
     result["flag_rules"] = {"near_silent_dbfs": NEAR_SILENT_DBFS, "seconds_per_char": list(SECONDS_PER_CHAR)}
     changes = {result[m]["change"] for m in ("similarity", "cer", "mcd")}
     result["verdict"] = ("mixed" if {"better", "worse"} <= changes else "better" if "better" in changes

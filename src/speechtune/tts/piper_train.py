@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def copy_onnx_weights(model_g, onnx_path: Path) -> dict:
     model_g.load_state_dict({**state, **new})
     fresh = [k for k in state if k not in new]
     return {"copied": len(new), "fresh": len(fresh),
-            "fresh_parts": sorted({".".join(k.split(".")[:2]) for k in fresh})}
+            "fresh_parts": sorted({".".join(k.split(".")[:2]) for k in fresh}), "fresh_keys": fresh}
 
 
 def _onnx_audio(onnx_path: Path, ids, scales=NO_NOISE) -> np.ndarray:
@@ -232,17 +233,24 @@ def cmd_init(args) -> dict:
         if report["length_diff"] or report["max_abs_diff"] is None or report["max_abs_diff"] > MAX_COPY_DIFF:
             raise SystemExit(f"{args.voice}: the copied weights do not decode as the voice does "
                              f"(difference {report['max_abs_diff']}, {report['length_diff']} samples longer)")
-    _save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, Path(args.out))
+    fresh = report.pop("fresh_keys", None)   # None: nothing was copied, everything is fresh
+    _save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "fresh": fresh}, Path(args.out))
     return report
 
 
-def _progress(run: Path, log: Path, save_every: int, steps: int):
+def _progress(run: Path, log: Path, save_every: int, steps: int, warmup: int, fresh: set | None):
     """A Lightning callback: one JSON line per step (losses) and a checkpoint every `save_every` steps and at
     the last, written to a temporary name and moved into place, so a killed run leaves whole checkpoints only.
-    A step is one batch (both optimizers step once on it)."""
+    A step is one batch (both optimizers step once on it). In the first `warmup` steps only the generator's
+    `fresh` parameters (and the discriminator) train (see cmd_fit)."""
     import lightning as L
 
     class Progress(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+            for name, param in pl_module.model_g.named_parameters():
+                param.requires_grad_(step > warmup or fresh is None or name in fresh)
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1   # counted after this hook
             m = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items()
@@ -264,7 +272,14 @@ def _progress(run: Path, log: Path, save_every: int, steps: int):
 
 def cmd_fit(args) -> dict:
     """Train from --init on --csv (utt|text|phoneme ids) for --steps batches; resumes from RUN/checkpoints/
-    last.ckpt when it exists."""
+    last.ckpt when it exists.
+
+    Why a warm-up: an ONNX voice lacks what only training uses (the posterior encoder, the duration
+    predictor's posterior flows), so those start random, and in VITS every other part learns through them:
+    the prior and flow are pulled towards the random posterior by the KL term, the decoder decodes its
+    latents. Training everything from step 1 took joe from 2% to 91% valid CER in 25 steps, with the vocoder
+    frozen too (benchmarks/piper_learn.py). For --warmup-steps only the fresh parts (init's list) and the
+    discriminator train, against the voice's own prior, flow and decoder; then everything does."""
     import lightning as L
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -276,7 +291,7 @@ def cmd_fit(args) -> dict:
     last = run / "checkpoints" / "last.ckpt"
     done = max((int(c.stem.split("-")[1]) for c in (run / "checkpoints").glob("step-*.ckpt")), default=0)
     if done >= args.steps:   # a finished run started again: nothing left to train
-        return {"steps": done}
+        return {"steps": done, "steps_run": 0}
     if not last.is_file():
         model.load_state_dict(init["state_dict"])
     from piper.train.vits.dataset import VitsDataModule
@@ -292,9 +307,19 @@ def cmd_fit(args) -> dict:
                         num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=args.progress, log_every_n_steps=1, default_root_dir=run,
                         logger=TensorBoardLogger(run, name="tensorboard", version=""),
-                        callbacks=[_progress(run, Path(args.log), args.save_every, args.steps)])
+                        callbacks=[_progress(run, Path(args.log), args.save_every, args.steps,
+                                             args.warmup_steps, None if init.get("fresh") is None
+                                             else {k for k in init["fresh"]})])
+    import resource
+    t0 = time.time()
     trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    return {"steps": trainer.fit_loop.epoch_loop._batches_that_stepped}
+    steps = trainer.fit_loop.epoch_loop._batches_that_stepped
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"steps": steps, "fit_s": round(time.time() - t0, 1), "steps_run": steps - done,
+            "peak_memory_bytes": int(peak), "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "parameters": {"generator": sum(p.numel() for p in model.model_g.parameters()),
+                           "discriminator": sum(p.numel() for p in model.model_d.parameters())}}
 
 
 def cmd_export(args) -> dict:
@@ -350,6 +375,7 @@ def main(argv=None) -> int:
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--lr", type=float, default=2e-4)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--warmup-steps", type=int, default=0)
     f.add_argument("--threads", type=int, default=0)
     f.add_argument("--accelerator", default="auto")
     f.add_argument("--progress", action="store_true")
