@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 GENERATOR_PARAMS = 23_663_792       # SynthesizerTrn, medium (joe): what inference uses plus the posterior encoder
 DISCRIMINATOR_PARAMS = 46_747_132   # MultiPeriodDiscriminator: trains alongside, discarded by export
 BYTES_PER_TRAINED_PARAM = 16        # fp32 weight + gradient + AdamW's two moments (piper trains in fp32)
-# benchmarks/piper_learn.py, 2-core CPU, batch 4 (docs/benchmarks.md, "Voices"): seconds per step after the
-# warm-up (all parts training), during it (posterior encoder and discriminator only), and the peak RSS
-CPU_MEASURED = {"batch_size": 4, "s_per_step": 6.6, "s_per_warmup_step": 4.0, "peak_rss_gb": 3.2}
+# benchmarks/piper_learn.py, 2-core CPU, batch 4, LJSpeech clips of 1.5-9.7 s (docs/benchmarks.md, "Voices"):
+# seconds per step after the warm-up (all parts training) and during it (the fresh parts and the
+# discriminator), and the worker's peak RSS (GiB) in a 12-step fit of the same data
+CPU_MEASURED = {"batch_size": 4, "s_per_step": 4.2, "s_per_warmup_step": 4.0, "peak_rss_gb": 5.3}
 
 
 @dataclass(frozen=True)
