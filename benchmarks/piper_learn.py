@@ -20,9 +20,13 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "realspeech"
 
 
-def speechtune(*args: str) -> float:
+def speechtune(*args: str, constants: dict | None = None) -> float:
+    """Run a speechtune command; `constants`: families.piper constants to set first (the study's knobs)."""
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "speechtune.cli", *args], check=True)
+    code = ("import sys, speechtune.families.piper as p\n"
+            f"for k, v in {constants or {}!r}.items(): setattr(p, k, v)\n"
+            "from speechtune.cli import main\nsys.exit(main(sys.argv[1:]))")
+    subprocess.run([sys.executable, "-c", code, *args], check=True)
     return time.time() - t0
 
 
@@ -41,6 +45,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--evals", type=int, default=4, help="evaluations (checkpoints judged) over the run")
+    p.add_argument("--warmup-fraction", type=float, help="families.piper.WARMUP_FRACTION for this run")
+    p.add_argument("--fresh-lr-scale", type=float, help="families.piper.FRESH_LR_SCALE for this run")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +55,9 @@ def main() -> None:
                                     "tts", "--voice", "joe", "--valid-frac", "0.15", "--test-frac", "0.2")
     seconds["train"] = speechtune("train", "--model", "joe", "--data", str(out / "prepared"), "--out",
                                   str(out / "voice"), "--max-steps", str(args.steps), "--batch-size",
-                                  str(args.batch_size), "--eval-every", str(max(1, args.steps // args.evals)))
+                                  str(args.batch_size), "--eval-every", str(max(1, args.steps // args.evals)),
+                                  constants={k: v for k, v in (("WARMUP_FRACTION", args.warmup_fraction),
+                                                               ("FRESH_LR_SCALE", args.fresh_lr_scale)) if v is not None})
     seconds["compare"] = speechtune("compare", "--base", "joe", "--tuned", str(out / "voice"), "--data", str(out / "prepared"),
                                     "--out", str(out / "compare"))
     summary = json.loads((out / "voice" / "training_summary.json").read_text())

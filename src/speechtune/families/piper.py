@@ -38,14 +38,17 @@ EXPORT_FORMATS = ("onnx",)
 WORKER = "speechtune.tts.piper_train"
 RUN_FOLDER = "piper_run"     # in MODEL_DIR: the worker's inputs, checkpoints, logs and exported checkpoints
 WORK_FOLDERS = (RUN_FOLDER,)
-LOG_NAME = "piper_log.jsonl"
+LOG_NAME = "piper_log.jsonl"   # in RUN_FOLDER: the worker's line per step (step, epoch, losses)
 # the first steps of a run from an ONNX voice train only what the voice lacked (the posterior encoder, ...),
 # which starts random and would otherwise pull every pretrained part after it (tts/piper_train.cmd_fit)
-WARMUP_FRACTION = 0.4   # in RUN_FOLDER: the worker's line per step (step, epoch, losses)
-# recognition's data tricks, and the loop options piper's trainer has its own versions of
+WARMUP_FRACTION = 0.4
+FRESH_LR_SCALE = 1.0   # the fresh parts' lr, x --lr (piper's trainer: one lr for the whole generator)
+# recognition's data tricks, and the loop options piper's trainer has its own versions of (its AdamW betas
+# and no decay schedule, fp32, TensorBoard): train refuses them rather than ignore them
 UNSUPPORTED_OPTIONS = ("mix", "no_speech_ratio", "speed_perturb", "noise_snr", "spec_augment",
                        "gradient_checkpointing", "grad_accum", "lora_encoder", "freeze_encoder_layers",
-                       "train_decoder_layers", "stop_at", "patience")
+                       "train_decoder_layers", "stop_at", "patience", "weight_decay", "warmup_ratio", "schedule",
+                       "max_grad_norm", "precision", "save_every", "keep_checkpoints", "report_to")
 _INSTALL_HINT = "pip install 'speechtune[piper]' (piper-tts[train], GPL-3.0, run as a separate process)"
 
 
@@ -203,7 +206,7 @@ def _fit(cfg, train_rows: list[dict], voice, run: Path, progress: bool) -> int:
                  str(run / "phonemes.json"), "--name", Path(cfg.out).name, "--espeak-voice",
                  voice.text.espeak_voice, "--steps", str(total), "--save-every", str(every), "--batch-size",
                  str(cfg.batch_size), "--lr", str(cfg.lr), "--seed", str(cfg.seed), "--log", str(run / LOG_NAME),
-                 "--warmup-steps", str(round(WARMUP_FRACTION * total)),
+                 "--warmup-steps", str(round(WARMUP_FRACTION * total)), "--fresh-lr-scale", str(FRESH_LR_SCALE),
                  "--accelerator", "cpu" if (cfg.device or "").startswith("cpu") else "auto"],
                 run, "train", on_poll=update)
     finally:

@@ -270,6 +270,23 @@ def _progress(run: Path, log: Path, save_every: int, steps: int, warmup: int, fr
     return Progress()
 
 
+def _scale_fresh_lr(model, fresh: set, scale: float) -> None:
+    """piper's optimizers, with the generator's fresh parameters in a group of their own at `scale` x its lr."""
+    configure = model.configure_optimizers
+
+    def configure_optimizers():
+        (opt_g, opt_d), schedulers = configure()
+        group = opt_g.param_groups[0]
+        ours = [p for n, p in model.model_g.named_parameters() if n in fresh]
+        ids = {id(p) for p in ours}
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+        opt_g.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": ours,
+                               "lr": group["lr"] * scale, "initial_lr": group["lr"] * scale})
+        return [opt_g, opt_d], schedulers
+
+    model.configure_optimizers = configure_optimizers
+
+
 def cmd_fit(args) -> dict:
     """Train from --init on --csv (utt|text|phoneme ids) for --steps batches; resumes from RUN/checkpoints/
     last.ckpt when it exists.
@@ -287,6 +304,9 @@ def cmd_fit(args) -> dict:
     init = torch.load(args.init, map_location="cpu", weights_only=False)
     hparams = {**init["hyper_parameters"], "learning_rate": args.lr, "batch_size": args.batch_size}
     model = _vits(hparams)
+    fresh = None if init.get("fresh") is None else set(init["fresh"])
+    if fresh and args.fresh_lr_scale != 1:
+        _scale_fresh_lr(model, fresh, args.fresh_lr_scale)
     run = Path(args.run)
     last = run / "checkpoints" / "last.ckpt"
     done = max((int(c.stem.split("-")[1]) for c in (run / "checkpoints").glob("step-*.ckpt")), default=0)
@@ -308,8 +328,7 @@ def cmd_fit(args) -> dict:
                         enable_progress_bar=args.progress, log_every_n_steps=1, default_root_dir=run,
                         logger=TensorBoardLogger(run, name="tensorboard", version=""),
                         callbacks=[_progress(run, Path(args.log), args.save_every, args.steps,
-                                             args.warmup_steps, None if init.get("fresh") is None
-                                             else {k for k in init["fresh"]})])
+                                             args.warmup_steps, fresh)])
     import resource
     t0 = time.time()
     trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
@@ -376,6 +395,7 @@ def main(argv=None) -> int:
     f.add_argument("--lr", type=float, default=2e-4)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--warmup-steps", type=int, default=0)
+    f.add_argument("--fresh-lr-scale", type=float, default=1.0, help="lr of the fresh parts, x --lr")
     f.add_argument("--threads", type=int, default=0)
     f.add_argument("--accelerator", default="auto")
     f.add_argument("--progress", action="store_true")
