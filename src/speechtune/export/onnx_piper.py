@@ -21,8 +21,7 @@ import numpy as np
 
 from ..tts import load_voice, resolve_voice
 from .onnx import quantize_int8
-from .onnx_tts import CHECK_SPEEDS, intelligibility_parity, parity_texts
-from .parity import ParityError
+from .onnx_tts import CHECK_SPEEDS, intelligibility_line, intelligibility_parity, parity_texts, settle
 
 QUANTIZATIONS = ("float32", "int8")
 GRAPH = "model.onnx"
@@ -72,12 +71,7 @@ def check_piper(model, target, quantization: str = "float32", data=None, max_cer
     else:
         result["intelligibility"] = intelligibility_parity(source, exported, texts, max_cer_delta)
         passed = result["intelligibility"]["passed"]
-    result["passed"] = passed
-    result["line"] = parity_line(result)
-    if not passed:
-        raise ParityError(f"parity check failed on {where}: {result['line']}",
-                          "inspect the export, or export --quantization float32", result)
-    return result
+    return settle(result, passed, where, parity_line)
 
 
 def parity_line(p: dict) -> str:
@@ -85,9 +79,4 @@ def parity_line(p: dict) -> str:
             f"{p['lengths_differ'] or 'no'} lengths differ, waveform |diff| max {p['wave_max_abs']:.2g}")
     if "tolerance" in p:
         line += f" (allowed {p['tolerance']['wave_max_abs']:g})"
-    s = p.get("intelligibility")
-    if s:
-        line += (f"; Whisper CER source {100 * s['pytorch']:.1f}% exported {100 * s['exported']:.1f}% "
-                 f"({s['delta_pt']:+.1f} pt, allowed ±{s['max_delta_pt']:g}"
-                 f"{')' if s['enforced'] else '; not enforced: the source voice is unintelligible)'}")
-    return line
+    return line + intelligibility_line(p.get("intelligibility"), "source")

@@ -199,10 +199,16 @@ def check_voice(model_dir, target, quantization: str = "float32", data=None, max
     if passed and quantization != "float32":
         result["intelligibility"] = intelligibility_parity(torch_voice, onnx_voice, texts, max_cer_delta)
         passed = result["intelligibility"]["passed"]
+    return settle(result, passed, where, parity_line)
+
+
+def settle(result: dict, passed: bool, where: str, line) -> dict:
+    """A voice parity check's end: its verdict and console line (`line(result)`) in `result`, ParityError with
+    the figures when it failed."""
     result["passed"] = passed
-    result["line"] = parity_line(result)
+    result["line"] = line(result)
     if not passed:
-        raise ParityError(f"parity check failed on {where}: {parity_line(result)}",
+        raise ParityError(f"parity check failed on {where}: {result['line']}",
                           "inspect the export, or export --quantization float32", result)
     return result
 
@@ -227,9 +233,13 @@ def parity_line(p: dict) -> str:
             f"{f'{differ} frame counts differ' if differ else 'frame counts equal'}, log-mel |diff| max "
             f"{p['mel_max_abs']:.2g} (allowed {tol['mel_max_abs']:g}) mean {p['mel_mean_abs']:.2g} "
             f"(allowed {tol['mel_mean_abs']:g})")
-    s = p.get("intelligibility")
-    if s:
-        line += (f"; Whisper CER PyTorch {100 * s['pytorch']:.1f}% exported {100 * s['exported']:.1f}% "
-                 f"({s['delta_pt']:+.1f} pt, allowed ±{s['max_delta_pt']:g}"
-                 f"{')' if s['enforced'] else '; not enforced: the PyTorch voice is unintelligible)'}")
-    return line
+    return line + intelligibility_line(p.get("intelligibility"), "PyTorch")
+
+
+def intelligibility_line(s: dict | None, source: str) -> str:
+    """The parity line's part for intelligibility_parity's result `s` ("" without one)."""
+    if not s:
+        return ""
+    return (f"; Whisper CER {source} {100 * s['pytorch']:.1f}% exported {100 * s['exported']:.1f}% "
+            f"({s['delta_pt']:+.1f} pt, allowed ±{s['max_delta_pt']:g}"
+            f"{')' if s['enforced'] else f'; not enforced: the {source} voice is unintelligible)'}")

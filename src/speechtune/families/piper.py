@@ -49,6 +49,7 @@ UNSUPPORTED_OPTIONS = ("mix", "no_speech_ratio", "speed_perturb", "noise_snr", "
                        "gradient_checkpointing", "grad_accum", "lora_encoder", "freeze_encoder_layers",
                        "train_decoder_layers", "stop_at", "patience", "weight_decay", "warmup_ratio", "schedule",
                        "max_grad_norm", "precision", "save_every", "keep_checkpoints", "report_to")
+MISSING_EXIT = 3   # tts/piper_train.py's exit status when piper-tts is not installed
 _INSTALL_HINT = "pip install 'speechtune[piper]' (piper-tts[train], GPL-3.0, run as a separate process)"
 
 
@@ -80,16 +81,17 @@ def has_checkpoint(out: Path) -> bool:
 def _worker(args: list[str], run: Path, what: str, on_poll=None) -> dict:
     """Run one worker command; its stderr goes to RUN/worker.log. Returns the JSON it prints; a one-line error
     (with the log's last line) when it fails."""
-    log = run / "worker.log"
-    with open(log, "a", encoding="utf-8") as err:
-        proc = subprocess.Popen([sys.executable, "-m", WORKER, *args], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    log, answer = run / "worker.log", run / "worker.out"
+    # both to files: a pipe nobody reads while the worker runs could fill and stall it
+    with open(log, "a", encoding="utf-8") as err, open(answer, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen([sys.executable, "-m", WORKER, *args], stdout=out, stderr=err,
+                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
         while proc.poll() is None:
             if on_poll:
                 on_poll()
             time.sleep(0.5)
-        stdout = proc.stdout.read()
-    if proc.returncode == 3:
+    stdout = answer.read_text(encoding="utf-8")
+    if proc.returncode == MISSING_EXIT:
         raise SpeechtuneError("training a piper voice needs piper-tts, which is not installed", _INSTALL_HINT)
     if proc.returncode:
         lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
