@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..errors import SpeechtuneError
+from ..files import write_atomic, write_json
 
 NAME = "piper"
 TASK = "tts"
@@ -104,17 +104,15 @@ def _inputs(rows: list[dict], voice, run: Path, cfg) -> Path:
     """RUN/train.csv (audio | text | phoneme ids, read as speechtune's runtime reads the text) and
     RUN/phonemes.json; refuses recordings at another rate than the voice's."""
     from ..tts.align import phoneme_sequence
+    from .tts import refuse_other_rates
+    refuse_other_rates(rows, voice, cfg.data, cfg.model)
     out = []
     for r in rows:
-        if int(r.get("sample_rate") or 0) != voice.sample_rate:
-            raise SpeechtuneError(f"{r.get('source', cfg.data)}:{r.get('line', '?')}: {r.get('sample_rate') or 'no'} "
-                                  f"sample_rate; voice {voice.name} speaks at {voice.sample_rate} Hz",
-                                  f"prepare the recordings with `speechtune prepare --task tts --voice {cfg.model}`")
         ids = [i for s in phoneme_sequence(voice, r["text"]) for i in s]
         out.append((str(Path(r["audio"]).resolve()), r["text"], ids))
     csv = run / "train.csv"
     write_csv(csv, out)
-    (run / "phonemes.json").write_text(json.dumps(voice.config["phoneme_id_map"]), encoding="utf-8")
+    write_json(run / "phonemes.json", voice.config["phoneme_id_map"])
     return csv
 
 
@@ -140,8 +138,8 @@ def _judge(voice, texts: list[str], refs, guard: list[str]) -> dict:
     from ..tts.hearing import intelligibility
     from ..tts.judge import similarities
     t0 = time.time()
-    hyps, valid = intelligibility(voice, texts)
     clips = [resample(voice.synthesize(t), voice.sample_rate, SAMPLE_RATE) for t in texts]
+    hyps, valid = intelligibility(voice, texts, wavs_16k=clips)   # heard and compared: one reading each
     sim = float(similarities(refs, {"voice": clips})["voice"].mean())
     e = {"valid": valid["error_rate"], "similarity": round(sim, 4), "examples": list(zip(texts, hyps))[:3]}
     if guard:
@@ -188,7 +186,7 @@ def train_apart(cfg, train_rows: list[dict], eval_rows: list[dict], guard_rows: 
     return _summary(cfg, evals, best, note, total, train_s, time.time() - start, len(train_rows), fit)
 
 
-def _fit(cfg, train_rows: list[dict], voice, run: Path, progress: bool) -> int:
+def _fit(cfg, train_rows: list[dict], voice, run: Path, progress: bool) -> tuple[int, dict]:
     """The worker's init (once) and fit (resumed when RUN holds a checkpoint); returns (the steps, what fit
     measured: its seconds, the steps it ran, peak memory, parameter counts)."""
     from ..tts import resolve_voice
@@ -199,7 +197,7 @@ def _fit(cfg, train_rows: list[dict], voice, run: Path, progress: bool) -> int:
     if not init.is_file():
         report = _worker(["init", "--voice", str(onnx), "--config", str(config), "--out", str(init),
                           "--seed", str(cfg.seed)], run, "read the base voice")
-        (run / "init.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json(run / "init.json", report)
     print(f"training piper voice {voice.name}: {len(train_rows)} clips, {total} steps of {cfg.batch_size} clips, "
           f"lr {cfg.lr:g}, a checkpoint judged every {every} steps", file=sys.stderr)
     bar, update = _bar(run, total, progress)
@@ -216,7 +214,7 @@ def _fit(cfg, train_rows: list[dict], voice, run: Path, progress: bool) -> int:
     measured = run / "fit.json"
     if fit["steps_run"] == 0 and measured.is_file():   # nothing left to train: the run that trained measured
         return total, json.loads(measured.read_text(encoding="utf-8"))
-    measured.write_text(json.dumps(fit, indent=2) + "\n", encoding="utf-8")
+    write_json(measured, fit)
     return total, fit
 
 
@@ -276,11 +274,9 @@ def _bar(run: Path, total: int, progress: bool):
 
 
 def _install(onnx: Path, out: Path) -> None:
-    """The chosen voice as MODEL_DIR/model.onnx + model.onnx.json, each file moved into place atomically."""
+    """The chosen voice as MODEL_DIR/model.onnx + model.onnx.json, each file written atomically."""
     for src, name in ((onnx.with_name(onnx.name + ".json"), "model.onnx.json"), (onnx, "model.onnx")):
-        tmp = out / (name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, out / name)
+        write_atomic(out / name, src.read_bytes())
 
 
 def _summary(cfg, evals, best, note, steps, train_s, wall, n_clips, fit: dict) -> dict:

@@ -103,15 +103,19 @@ def load_for_training(cfg, rows: list[dict], device: str | None = None, dtype=No
     """The voice to train, named after its output folder (what serve and compare will call it); refuses
     recordings at another rate than the base voice's (recognition data: prepare them with --task tts)."""
     bundle = load(cfg.model, device=device, base_voice=cfg.voice)
-    rate = bundle.base_voice.sample_rate
-    for r in rows:
-        if int(r.get("sample_rate") or 0) != rate:
-            raise SpeechtuneError(f"{r.get('source', cfg.data)}:{r.get('line', '?')}: "
-                                  f"{r.get('sample_rate') or 'no'} sample_rate; voice {bundle.base_voice.name} "
-                                  f"speaks at {rate} Hz", f"prepare the recordings with `speechtune prepare "
-                                  f"--task tts --voice {cfg.voice or DEFAULT_BASE_VOICE}`")
+    refuse_other_rates(rows, bundle.base_voice, cfg.data, cfg.voice or DEFAULT_BASE_VOICE)
     bundle.meta["name"] = Path(cfg.out).name or bundle.meta["name"]
     return bundle
+
+
+def refuse_other_rates(rows: list[dict], voice, data, voice_spec: str) -> None:
+    """A one-line error naming the first row whose sample_rate is not `voice`'s (recognition data: prepare
+    them with --task tts --voice VOICE_SPEC)."""
+    for r in rows:
+        if int(r.get("sample_rate") or 0) != voice.sample_rate:
+            raise SpeechtuneError(f"{r.get('source', data)}:{r.get('line', '?')}: {r.get('sample_rate') or 'no'} "
+                                  f"sample_rate; voice {voice.name} speaks at {voice.sample_rate} Hz",
+                                  f"prepare the recordings with `speechtune prepare --task tts --voice {voice_spec}`")
 
 
 def default_lr(cfg, bundle) -> float:

@@ -49,12 +49,15 @@ def hear(wavs_16k: list[np.ndarray], languages: list[str | None], name: str | No
     return transcribe_many(runtime, wavs_16k, HEARING, langs)
 
 
-def intelligibility(voice, texts: list[str], language: str | None = None) -> tuple[list[str], dict]:
+def intelligibility(voice, texts: list[str], language: str | None = None,
+                    wavs_16k: list | None = None) -> tuple[list[str], dict]:
     """(what the listener hears in `voice` reading each text, score_corpus's CER figures). `language`
-    defaults to the voice's."""
+    defaults to the voice's; `wavs_16k`: the voice's readings of `texts` at 16 kHz, when the caller has
+    them already (else they are synthesized here)."""
     from ..audio import SAMPLE_RATE, resample
     from ..metrics.score import score_corpus
     lang = base_language(language or voice.language) or "en"
-    wavs = [resample(voice.synthesize(t), voice.sample_rate, SAMPLE_RATE) for t in texts]
+    wavs = wavs_16k if wavs_16k is not None else [resample(voice.synthesize(t), voice.sample_rate, SAMPLE_RATE)
+                                                 for t in texts]
     hyps = hear(wavs, [lang] * len(texts))
     return hyps, score_corpus(texts, hyps, language=[lang] * len(texts), metric="cer")
